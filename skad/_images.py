@@ -1,0 +1,307 @@
+"""Validation and lazy batch loading of the inputs a detector accepts.
+
+A detector sees one of three kinds of ``X``:
+
+- an image array ``(n, H, W)``, ``(n, H, W, C)`` or ``(n, C, H, W)`` with
+  ``C`` in {1, 3}, uint8 or float in [0, 1];
+- a sequence of image file paths, read lazily batch by batch;
+- a tabular array ``(n_samples, n_features)``.
+
+Images are handed to the networks as float32 tensors ``(b, 3, S, S)`` in
+[0, 1]; normalisation belongs to the network (so that synthesis and saliency
+work in image space).
+"""
+
+import os
+from numbers import Integral
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+__all__ = ["ImageInput", "is_tabular", "check_labels", "ImageBatchDataset"]
+
+
+def is_tabular(X):
+    """Whether ``X`` is a 2-D numeric array of tabular features."""
+    if sp.issparse(X):
+        return True  # so that validate_data explains that sparse input is not supported
+    return not _is_path_sequence(X) and _ndim(X) == 2
+
+
+def _ndim(X):
+    # np.asarray rather than np.ndim: array-likes need not implement __array_function__.
+    return X.ndim if isinstance(X, np.ndarray) else np.asarray(X).ndim
+
+
+def _is_path_sequence(X):
+    if isinstance(X, (str, bytes, os.PathLike)):
+        return False
+    if isinstance(X, np.ndarray):
+        return X.dtype.kind in "UO" and X.ndim == 1 and len(X) > 0 and _is_path(X[0])
+    if isinstance(X, (list, tuple)):
+        return len(X) > 0 and all(_is_path(p) for p in X)
+    return False
+
+
+def _is_path(p):
+    return isinstance(p, (str, os.PathLike))
+
+
+class ImageInput:
+    """A validated image input: an array or a sequence of paths.
+
+    The array is never copied whole nor written to; batches are converted on
+    demand.
+
+    Parameters
+    ----------
+    X : ndarray or sequence of str
+        The images, see the module docstring.
+    argname : str, default="X"
+        Name used in error messages.
+    """
+
+    def __init__(self, X, argname="X"):
+        if _is_path_sequence(X):
+            self.paths = [os.fspath(p) for p in X]
+            self.array = None
+            self.layout = "paths"
+            return
+        if isinstance(X, (str, bytes, os.PathLike)):
+            raise ValueError(
+                f"{argname} is a single path {X!r}; pass a list of image paths, e.g. [{X!r}]."
+            )
+        array = np.asarray(X)
+        if array.dtype == object:
+            raise ValueError(
+                f"{argname} has dtype object; pass a numeric image array or a list of "
+                "image file paths."
+            )
+        if array.size == 0 or (array.ndim >= 1 and array.shape[0] == 0):
+            raise ValueError(
+                f"{argname} is empty (shape {array.shape}); pass at least one image."
+            )
+        if array.ndim == 3:
+            layout = "NHW"
+        elif array.ndim == 4:
+            if array.shape[-1] in (1, 3):
+                layout = "NHWC"
+            elif array.shape[1] in (1, 3):
+                layout = "NCHW"
+            else:
+                raise ValueError(
+                    f"{argname} has shape {array.shape}: images need 1 or 3 channels, either "
+                    "last (n, H, W, C) or second (n, C, H, W). Convert RGBA to RGB, or pass "
+                    "grayscale images as (n, H, W)."
+                )
+        else:
+            raise ValueError(
+                f"{argname} must be images of shape (n, H, W), (n, H, W, C) or (n, C, H, W), "
+                f"a list of image paths, or tabular data (n_samples, n_features); got an array "
+                f"with {array.ndim} dimension(s), shape {array.shape}. For a single image use "
+                "X[None]."
+            )
+        if array.dtype.kind not in "uifb":
+            raise ValueError(
+                f"{argname} has dtype {array.dtype}; pass uint8 images or floats in [0, 1]."
+            )
+        if array.dtype.kind == "f":
+            if not np.isfinite(array).all():
+                raise ValueError(
+                    f"{argname} contains NaN or inf; replace or drop those images first, e.g. "
+                    f"np.nan_to_num({argname})."
+                )
+            lo, hi = float(array.min()), float(array.max())
+            if lo < 0.0 or hi > 1.0:
+                raise ValueError(
+                    f"float images in {argname} must lie in [0, 1]; got values in "
+                    f"[{lo:.4g}, {hi:.4g}]. Pass uint8 images, or divide 0-255 floats by 255."
+                )
+        elif array.dtype != np.uint8 and array.dtype.kind in "ui":
+            lo, hi = int(array.min()), int(array.max())
+            if lo < 0 or hi > 255:
+                raise ValueError(
+                    f"integer images in {argname} must lie in [0, 255]; got [{lo}, {hi}]. "
+                    "Rescale them to uint8 or to floats in [0, 1]."
+                )
+        self.array = array
+        self.paths = None
+        self.layout = layout
+
+    def __len__(self):
+        return len(self.paths) if self.paths is not None else self.array.shape[0]
+
+    @property
+    def spatial_shape(self):
+        """``(H, W)`` shared by every image, or ``None`` for paths."""
+        if self.array is None:
+            return None
+        if self.layout == "NCHW":
+            return tuple(self.array.shape[2:4])
+        return tuple(self.array.shape[1:3])
+
+    def original_size(self, index):
+        """``(H, W)`` of one image at its stored resolution."""
+        shape = self.spatial_shape
+        if shape is not None:
+            return shape
+        with Image.open(self.paths[index]) as im:
+            return im.size[::-1]
+
+    def load(self, indices, size=None):
+        """Load images as float32 ``(b, 3, S, S)`` in [0, 1].
+
+        Parameters
+        ----------
+        indices : sequence of int
+            Which images.
+        size : int or None
+            Square side to resize to (antialiased); ``None`` keeps the stored
+            resolution (array inputs only).
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.array is not None:
+            batch = torch.from_numpy(np.ascontiguousarray(self.array[indices]))
+            if self.layout == "NHW":
+                batch = batch[:, None]
+            elif self.layout == "NHWC":
+                batch = batch.permute(0, 3, 1, 2)
+            batch = _to_unit_float(batch)
+            if size is not None and tuple(batch.shape[-2:]) != (size, size):
+                batch = F.interpolate(
+                    batch, size=(size, size), mode="bilinear", antialias=True,
+                    align_corners=False,
+                ).clamp_(0.0, 1.0)
+        else:
+            if size is None:
+                raise ValueError("image paths can only be loaded with a target size.")
+            batch = torch.stack([_read_image(self.paths[i], size) for i in indices])
+        if batch.shape[1] == 1:
+            batch = batch.expand(-1, 3, -1, -1)
+        return batch.contiguous()
+
+
+def _to_unit_float(batch):
+    if batch.dtype == torch.bool:
+        return batch.float()
+    if batch.dtype.is_floating_point:
+        return batch.float()
+    return batch.float().div_(255.0)
+
+
+def _read_image(path, size):
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB") if im.mode not in ("L", "RGB") else im
+            im = im.resize((size, size), Image.BILINEAR, reducing_gap=None)
+            arr = np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file {path!r} in X does not exist.") from None
+    except OSError as exc:
+        raise ValueError(f"image file {path!r} in X cannot be read as an image: {exc}") from exc
+    t = torch.from_numpy(arr.copy()).float().div_(255.0)
+    return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+
+
+def check_labels(y, n_samples):
+    """Validate ``y`` in predict's codes; return internal targets (1 = anomaly).
+
+    Parameters
+    ----------
+    y : array-like of shape (n_samples,) or None
+        -1 for a known anomaly, +1 for an unlabelled sample assumed normal.
+    n_samples : int
+        Number of samples in X.
+
+    Returns
+    -------
+    target : ndarray of shape (n_samples,), dtype int64
+        1 where ``y == -1``, else 0.
+    """
+    if y is None:
+        return np.zeros(n_samples, dtype=np.int64)
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"y must be one-dimensional (n_samples,); got shape {y.shape}.")
+    if y.shape[0] != n_samples:
+        raise ValueError(
+            f"y has {y.shape[0]} labels but X has {n_samples} samples; pass one label per "
+            "sample (or y=None when no anomaly is labelled)."
+        )
+    if y.dtype.kind == "b" or not np.issubdtype(y.dtype, np.number):
+        codes = set(np.unique(y).tolist()) if y.dtype.kind in "biuf" else {repr(v) for v in y[:5]}
+        raise ValueError(_codes_message(sorted(codes, key=str)))
+    finite = np.isfinite(y.astype(float))
+    if not finite.all():
+        raise ValueError("y contains NaN or inf; " + _codes_message(["nan"]))
+    values = np.unique(y)
+    if not set(values.tolist()) <= {-1, 1}:
+        raise ValueError(_codes_message(values.tolist()))
+    target = (y == -1).astype(np.int64)
+    if target.sum() * 2 > n_samples:
+        raise ValueError(
+            f"{int(target.sum())} of {n_samples} labels in y are -1 (anomaly): more than half. "
+            "skad expects mostly unlabelled/normal data with a few labelled anomalies, coded "
+            "-1 = known anomaly, +1 = unlabelled (assumed normal), as predict's output. If your "
+            "codes are the other way round, pass y=-y."
+        )
+    return target
+
+
+def _codes_message(codes):
+    return (
+        f"y must use predict's codes: -1 = known anomaly, +1 = unlabelled (assumed normal); "
+        f"got values {codes}. For 0/1 labels with 1 = anomaly, pass y = np.where(labels == 1, "
+        "-1, 1)."
+    )
+
+
+class ImageBatchDataset(torch.utils.data.Dataset):
+    """A map-style dataset that loads whole batches at once.
+
+    Indices are either ints (inference: the stored target is returned) or
+    ``(index, target)`` pairs chosen by a training sampler, so a sampler can
+    ask for an unlabelled image to be turned into a pseudo-anomaly.
+
+    Parameters
+    ----------
+    source : ImageInput or torch.Tensor
+        Images (loaded and resized per batch) or tabular rows.
+    target : ndarray of shape (n,)
+        Internal targets.
+    image_size : int or None
+        Square side for images.
+    """
+
+    def __init__(self, source, target, image_size=None):
+        self.source = source
+        self.target = torch.as_tensor(np.asarray(target), dtype=torch.float32)
+        self.image_size = image_size
+
+    def __len__(self):
+        return len(self.target)
+
+    def __getitem__(self, item):
+        X, y = self.__getitems__([item])
+        return X[0], y[0]
+
+    def __getitems__(self, items):
+        if len(items) and not isinstance(items[0], (Integral, np.integer)):
+            index = [int(i) for i, _ in items]
+            target = torch.tensor([float(t) for _, t in items])
+        else:
+            index = [int(i) for i in items]
+            target = self.target[index]
+        if isinstance(self.source, torch.Tensor):
+            return self.source[index], target
+        return self.source.load(index, self.image_size), target
+
+
+def collate_batch(batch):
+    """Collate function for :class:`ImageBatchDataset`: batches come whole."""
+    return batch

@@ -1,0 +1,115 @@
+"""The skorch side of the detectors: a net with a batch hook, and balanced batches.
+
+Internal target codes used between sampler, dataset and losses:
+``0`` unlabelled (assumed normal), ``1`` labelled anomaly, ``2`` an unlabelled
+image chosen to be turned into a pseudo-anomaly by the net's
+``batch_transform`` before the forward pass.
+"""
+
+import math
+
+import numpy as np
+import torch
+from skorch import NeuralNet
+from skorch.dataset import unpack_data
+from skorch.utils import to_tensor
+
+__all__ = ["PSEUDO", "BalancedBatchSampler", "SkadNet", "balanced_loader"]
+
+PSEUDO = 2
+
+
+class BalancedBatchSampler(torch.utils.data.Sampler):
+    """Batches of half unlabelled images and half anomalies.
+
+    The unlabelled half walks through a fresh permutation of the unlabelled
+    pool each epoch; the anomaly half draws labelled anomalies with
+    replacement (oversampling the few), or, when there are none and
+    ``pseudo`` is true, unlabelled images tagged to become pseudo-anomalies.
+
+    Parameters
+    ----------
+    target : array-like of shape (n,)
+        Internal targets, 1 = labelled anomaly.
+    batch_size : int
+        Items per batch, at least 2.
+    steps_per_epoch : int or None
+        Batches per epoch; ``None`` is one pass over the unlabelled pool.
+    pseudo : bool
+        Fill the anomaly half with pseudo-anomaly slots when no anomaly is labelled.
+    generator : torch.Generator
+        Source of randomness.
+    """
+
+    def __init__(self, target, batch_size, *, steps_per_epoch=None, pseudo=True, generator=None):
+        target = np.asarray(target)
+        self.unlabelled = np.flatnonzero(target == 0)
+        self.anomalies = np.flatnonzero(target == 1)
+        self.n_anomalous = batch_size // 2 if (len(self.anomalies) or pseudo) else 0
+        self.n_unlabelled = batch_size - self.n_anomalous
+        if steps_per_epoch is None:
+            steps_per_epoch = max(math.ceil(len(self.unlabelled) / self.n_unlabelled), 1)
+        self.steps_per_epoch = steps_per_epoch
+        self.generator = generator
+
+    def __len__(self):
+        return self.steps_per_epoch
+
+    def _draw(self, n, high):
+        return torch.randint(high, (n,), generator=self.generator).numpy()
+
+    def __iter__(self):
+        n_u = len(self.unlabelled)
+        need = self.steps_per_epoch * self.n_unlabelled
+        order = torch.cat([
+            torch.randperm(n_u, generator=self.generator)
+            for _ in range(max(math.ceil(need / n_u), 1))
+        ]).numpy()
+        for step in range(self.steps_per_epoch):
+            chunk = order[step * self.n_unlabelled:(step + 1) * self.n_unlabelled]
+            batch = [(int(i), 0) for i in self.unlabelled[chunk]]
+            if len(self.anomalies):
+                picks = self.anomalies[self._draw(self.n_anomalous, len(self.anomalies))]
+                batch += [(int(i), 1) for i in picks]
+            elif self.n_anomalous:
+                picks = self.unlabelled[self._draw(self.n_anomalous, n_u)]
+                batch += [(int(i), PSEUDO) for i in picks]
+            yield batch
+
+
+def balanced_loader(dataset, batch_size, shuffle=True, *, steps_per_epoch=None, pseudo=True,
+                    generator=None, collate_fn=None):
+    """``iterator_train`` for :class:`SkadNet`: a DataLoader over balanced batches."""
+    sampler = BalancedBatchSampler(
+        dataset.target.numpy().astype(np.int64), batch_size,
+        steps_per_epoch=steps_per_epoch, pseudo=pseudo, generator=generator,
+    )
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn)
+
+
+class SkadNet(NeuralNet):
+    """skorch ``NeuralNet`` whose training step can rewrite the batch first.
+
+    Parameters
+    ----------
+    batch_transform : callable or None
+        ``(X, y) -> (X, y)`` on device tensors, applied before each training
+        forward pass (pseudo-anomaly synthesis). Everything else is skorch's
+        ``NeuralNet``.
+    """
+
+    def __init__(self, *args, batch_transform=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch_transform = batch_transform
+
+    def train_step_single(self, batch, **fit_params):
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        Xi = to_tensor(Xi, device=self.device)
+        yi = to_tensor(yi, device=self.device)
+        if self.batch_transform is not None:
+            Xi, yi = self.batch_transform(Xi, yi)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        loss.backward()
+        return {"loss": loss, "y_pred": y_pred}

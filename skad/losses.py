@@ -1,0 +1,278 @@
+"""Loss functions shared by skad's detectors.
+
+Pure functions of tensors with keyword-only hyperparameters. They never touch
+scikit-learn or skorch, so detectors can call them from any training step.
+
+Internally a target of 1 means *anomaly* and 0 means *normal* (the papers'
+convention); the public estimator API uses -1 for anomalies and translates at
+its boundary.
+"""
+
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["deviation_loss", "focal_loss"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_reduction(reduction, func_name):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(
+            f"The 'reduction' parameter of {func_name} must be one of {_REDUCTIONS}. "
+            f"Got {reduction!r} instead."
+        )
+
+
+def _check_pair(input, target, input_name, func_name):
+    """Validate an (input, target) pair and return the target as input's dtype."""
+    if not isinstance(input, Tensor) or not input.is_floating_point():
+        raise TypeError(
+            f"The '{input_name}' parameter of {func_name} must be a floating-point "
+            f"torch.Tensor. Got {type(input).__name__}"
+            f"{'' if not isinstance(input, Tensor) else ' of dtype ' + str(input.dtype)} "
+            "instead."
+        )
+    if not isinstance(target, Tensor):
+        raise TypeError(
+            f"The 'target' parameter of {func_name} must be a torch.Tensor. "
+            f"Got {type(target).__name__} instead."
+        )
+    if target.shape != input.shape:
+        raise ValueError(
+            f"The 'target' parameter of {func_name} must have the same shape as "
+            f"'{input_name}' {tuple(input.shape)}. Got shape {tuple(target.shape)} instead."
+        )
+    target = target.to(device=input.device, dtype=input.dtype)
+    # NaN fails both comparisons, so test it explicitly: a NaN label would
+    # silently poison the whole batch's loss.
+    if target.numel() and bool(((target < 0) | (target > 1) | torch.isnan(target)).any()):
+        raise ValueError(
+            f"The 'target' parameter of {func_name} must contain values in [0, 1] "
+            "(1 = anomaly, 0 = normal; soft labels allowed). Translate public labels "
+            "(-1 anomaly, +1 normal) with (1 - y) / 2 first."
+        )
+    return target
+
+
+def _reduce(loss, reduction):
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    # An empty batch has no mean; returning a graph-connected zero keeps a
+    # training step that happens to draw no sample of some kind well defined.
+    if loss.numel() == 0:
+        return loss.sum()
+    return loss.mean()
+
+
+def deviation_loss(
+    scores,
+    target,
+    *,
+    margin=5.0,
+    n_reference=5000,
+    generator=None,
+    analytic_reference=False,
+    reduction="mean",
+):
+    r"""Deviation loss of DevNet, with ADL's soft labels.
+
+    Scores are standardised against a Gaussian prior of normal scores,
+    :math:`z_i = (s_i - \mu_R) / \sigma_R`, where :math:`\mu_R` and
+    :math:`\sigma_R` are the mean and standard deviation of ``n_reference``
+    draws :math:`r_k \sim \mathcal{N}(0, 1)`. Normal samples are pulled to the
+    reference mean and anomalies pushed at least ``margin`` standard deviations
+    above it:
+
+    .. math::
+
+        \ell_i = (1 - q_i)\,|z_i| + q_i \max(0, a - z_i),
+
+    with :math:`a` the margin and :math:`q_i \in [0, 1]` the target. A hard
+    target (0 or 1) gives DevNet's loss [1]_; a soft target gives ADL's soft
+    deviation loss [2]_, which interpolates both cases linearly.
+
+    Parameters
+    ----------
+    scores : torch.Tensor of shape (n_samples,)
+        Anomaly scores, higher = more anomalous. Floating point.
+    target : torch.Tensor of shape (n_samples,)
+        Labels in [0, 1]: 1 = anomaly, 0 = normal, values in between are soft
+        labels (anomaly probabilities). Cast to the dtype of ``scores``.
+    margin : float, default=5.0
+        Margin :math:`a > 0`, in reference standard deviations, by which
+        anomalies must exceed the reference mean to cost nothing.
+    n_reference : int, default=5000
+        Number of reference scores drawn from N(0, 1) at each call. Ignored
+        when ``analytic_reference=True``.
+    generator : torch.Generator, default=None
+        Generator for the reference draw, so that training is reproducible.
+        The draw happens on the generator's device and is moved to the device
+        of ``scores``. None uses torch's global generator on the device of
+        ``scores``.
+    analytic_reference : bool, default=False
+        If True, use the large-sample limit :math:`\mu_R = 0`,
+        :math:`\sigma_R = 1` instead of a random draw; the loss is then a
+        deterministic function of its inputs.
+    reduction : {"mean", "sum", "none"}, default="mean"
+        "none" returns the per-sample losses (needed by instance reweighting);
+        "mean" of an empty batch is 0.
+
+    Returns
+    -------
+    loss : torch.Tensor
+        A scalar, or a tensor of shape (n_samples,) when ``reduction="none"``,
+        with the dtype of ``scores``.
+
+    See Also
+    --------
+    focal_loss : Binary focal loss, used for segmentation heads.
+
+    Notes
+    -----
+    The reference standard deviation uses Bessel's correction, as the PyTorch
+    implementations of DRA and ADL do (``torch.std``); with 5000 draws the
+    difference to the population estimate is negligible. The reference draw
+    is always made in float32, so a given generator state gives the same
+    reference whatever the dtype of ``scores``. No gradient flows into the
+    reference.
+
+    References
+    ----------
+    .. [1] G. Pang, C. Shen and A. van den Hengel, "Deep anomaly detection
+       with deviation networks", KDD 2019. :doi:`10.1145/3292500.3330871`
+    .. [2] Adaptive deviation learning for visual anomaly detection with data
+       contamination (ADL), see ``ALGORITHMS.md`` section 2.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skad.losses import deviation_loss
+    >>> scores = torch.tensor([0.0, 2.0, 1.0, 7.0])
+    >>> target = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    >>> deviation_loss(scores, target, analytic_reference=True, reduction="none")
+    tensor([0., 2., 4., 0.])
+    """
+    func_name = "deviation_loss"
+    target = _check_pair(scores, target, "scores", func_name)
+    if not isinstance(margin, Real) or isinstance(margin, bool) or not margin > 0:
+        raise ValueError(
+            f"The 'margin' parameter of {func_name} must be a float > 0. Got {margin!r} instead."
+        )
+    _check_reduction(reduction, func_name)
+
+    if analytic_reference:
+        z = scores
+    else:
+        if not isinstance(n_reference, int) or isinstance(n_reference, bool) or n_reference < 2:
+            # One draw has no standard deviation to standardise by.
+            raise ValueError(
+                f"The 'n_reference' parameter of {func_name} must be an int >= 2. "
+                f"Got {n_reference!r} instead."
+            )
+        draw_device = scores.device if generator is None else generator.device
+        reference = torch.randn(
+            n_reference, generator=generator, device=draw_device, dtype=torch.float32
+        )
+        mu = reference.mean().to(device=scores.device, dtype=scores.dtype)
+        sigma = reference.std().to(device=scores.device, dtype=scores.dtype)
+        z = (scores - mu) / sigma
+
+    loss = (1 - target) * z.abs() + target * F.relu(margin - z)
+    return _reduce(loss, reduction)
+
+
+def focal_loss(logits, target, *, gamma=2.0, alpha=None, reduction="mean"):
+    r"""Binary focal loss on logits.
+
+    .. math::
+
+        \mathrm{FL} = -\alpha_t (1 - p_t)^\gamma \log p_t,
+
+    with :math:`p = \sigma(x)`, :math:`p_t = p\,t + (1 - p)(1 - t)` and
+    :math:`\alpha_t = \alpha t + (1 - \alpha)(1 - t)` [1]_. For soft targets
+    :math:`-\log p_t` is replaced by the binary cross-entropy, as in
+    ``torchvision.ops.sigmoid_focal_loss``. ``gamma=0`` and ``alpha=None``
+    give the binary cross-entropy with logits.
+
+    Parameters
+    ----------
+    logits : torch.Tensor of any shape
+        Raw scores, e.g. (n_samples, 1, H, W) segmentation logits or
+        (n_samples,) classification logits. Floating point.
+    target : torch.Tensor of the same shape as ``logits``
+        Targets in [0, 1]: 1 = anomaly (positive class). Cast to the dtype of
+        ``logits``.
+    gamma : float, default=2.0
+        Focusing parameter :math:`\gamma \ge 0`; larger values down-weight
+        well-classified elements more.
+    alpha : float, default=None
+        Weight in [0, 1] of the positive class (and ``1 - alpha`` of the
+        negative class). None weights both classes by 1.
+    reduction : {"mean", "sum", "none"}, default="mean"
+        Reduction over all elements; "none" keeps the shape of ``logits``.
+
+    Returns
+    -------
+    loss : torch.Tensor
+        A scalar, or a tensor shaped like ``logits`` when ``reduction="none"``.
+
+    See Also
+    --------
+    deviation_loss : Deviation loss on anomaly scores.
+
+    Notes
+    -----
+    The modulating factor is computed in log space,
+    :math:`\log(1 - p_t) = \operatorname{logaddexp}(\log t + \log\sigma(-x),
+    \log(1 - t) + \log\sigma(x))`, so it neither cancels catastrophically
+    nor produces NaN gradients for saturated logits.
+
+    References
+    ----------
+    .. [1] T.-Y. Lin, P. Goyal, R. Girshick, K. He and P. Dollár, "Focal loss
+       for dense object detection", ICCV 2017. :doi:`10.1109/ICCV.2017.324`
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skad.losses import focal_loss
+    >>> logits = torch.tensor([0.0, 0.0])
+    >>> target = torch.tensor([1.0, 0.0])
+    >>> round(focal_loss(logits, target, gamma=0.0).item(), 4)  # = log 2
+    0.6931
+    >>> round(focal_loss(logits, target, gamma=2.0).item(), 4)  # = log 2 / 4
+    0.1733
+    """
+    func_name = "focal_loss"
+    target = _check_pair(logits, target, "logits", func_name)
+    if not isinstance(gamma, Real) or isinstance(gamma, bool) or not gamma >= 0:
+        raise ValueError(
+            f"The 'gamma' parameter of {func_name} must be a float >= 0. Got {gamma!r} instead."
+        )
+    if alpha is not None and (
+        not isinstance(alpha, Real) or isinstance(alpha, bool) or not 0 <= alpha <= 1
+    ):
+        raise ValueError(
+            f"The 'alpha' parameter of {func_name} must be None or a float in [0, 1]. "
+            f"Got {alpha!r} instead."
+        )
+    _check_reduction(reduction, func_name)
+
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if gamma != 0:
+        # 1 - p_t = t*sigmoid(-x) + (1-t)*sigmoid(x); log(0) = -inf for hard
+        # targets is harmless inside logaddexp (its weight is exp(-inf) = 0).
+        log_one_minus_pt = torch.logaddexp(
+            torch.log(target) + F.logsigmoid(-logits),
+            torch.log1p(-target) + F.logsigmoid(logits),
+        )
+        loss = loss * torch.exp(gamma * log_one_minus_pt)
+    if alpha is not None:
+        loss = loss * (alpha * target + (1 - alpha) * (1 - target))
+    return _reduce(loss, reduction)

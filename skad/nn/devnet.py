@@ -1,0 +1,48 @@
+"""DevNet's networks: a top-K deviation head on a backbone, and a tabular MLP."""
+
+import torch.nn.functional as F
+from torch import nn
+
+from .heads import DeviationHead, Normalize
+
+__all__ = ["DevNetModule"]
+
+
+class DevNetModule(nn.Module):
+    """Deviation network on images: top-K patch scores averaged over input scales.
+
+    Takes images in [0, 1] of shape ``(B, 3, S, S)`` and returns one deviation
+    score per image, ``(B,)``, in training and evaluation mode alike.
+
+    Parameters
+    ----------
+    extractor : FeatureExtractor
+        Backbone; its last returned level feeds the head.
+    top_k : float, default=0.1
+        Fraction of patches averaged into the image score.
+    scales : tuple of float, default=(1.0, 0.5)
+        Input scales whose scores are averaged (DevNet-image uses full and half).
+    mean, std : sequence of float or None
+        Input normalisation (ImageNet statistics for pretrained backbones).
+    """
+
+    def __init__(self, extractor, *, top_k=0.1, scales=(1.0, 0.5), mean=None, std=None):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.extractor = extractor
+        self.head = DeviationHead(extractor.channels[-1], top_k=top_k)
+        self.scales = tuple(scales)
+
+    def _rescale(self, x, scale):
+        if scale == 1.0:
+            return x
+        return F.interpolate(
+            x, scale_factor=scale, mode="bilinear", antialias=scale < 1, align_corners=False
+        )
+
+    def forward(self, x):
+        x = self.normalize(x)
+        total = 0.0
+        for scale in self.scales:
+            total = total + self.head(self.extractor(self._rescale(x, scale))[-1])
+        return total / len(self.scales)
