@@ -29,3 +29,12 @@ def global_random_seed(request):
 @pytest.fixture
 def tiny_images():
     return make_tiny_images()
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

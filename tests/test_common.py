@@ -286,3 +286,15 @@ def test_sklearn_checks_pass_apart_from_y_codes(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         check(estimator)
+
+
+@pytest.mark.gpu
+@parametrize_detectors
+def test_fits_and_scores_on_cuda_and_loads_on_cpu(name, data, tmp_path):
+    X, y = data
+    det = DETECTORS[name](device="cuda").fit(X, y)
+    assert det.device_ == "cuda"
+    scores = det.score_samples(X)
+    assert np.isfinite(scores).all() and det.localize(X[:2]).shape == (2, 32, 32)
+    joblib.dump(det, tmp_path / "gpu.joblib")
+    assert np.isfinite(joblib.load(tmp_path / "gpu.joblib").score_samples(X)).all()

@@ -1,0 +1,1055 @@
+"""Perlin-noise pseudo-anomalies (DRAEM recipe, ``ALGORITHMS.md`` section 0.3).
+
+Everything is vectorised over the batch and runs on the device of the inputs;
+randomness comes from an explicit :class:`torch.Generator`.
+"""
+
+import math
+import os
+from numbers import Integral, Real
+
+import torch
+import torch.nn.functional as nnf
+from torch import Tensor
+
+from ._textures import _builtin_sources, _load_folder, _resize_cover, _stack_resized
+
+__all__ = ["perlin_noise", "perlin_mask", "PerlinAnomalySynthesizer"]
+
+# Amplitude of single-octave 2-D Perlin noise with unit gradients is at most
+# sqrt(2) / 2; scaling by sqrt(2) maps it to [-1, 1] as DRAEM does, so that
+# its threshold of 0.5 keeps the same meaning.
+_AMPLITUDE = math.sqrt(2.0)
+
+# Retries of perlin_mask for masks that came out empty, before the blob
+# fallback. At threshold 0.5 about 10% of masks are empty, so two or three
+# rounds nearly always suffice; the bound only matters for extreme thresholds.
+_MAX_RETRIES = 10
+
+
+# --------------------------------------------------------------------------- #
+# Shared helpers (also used by copy_paste).
+# --------------------------------------------------------------------------- #
+def _check_generator(generator, device):
+    """Return ``generator`` or, for None, a fresh one on ``device``.
+
+    The fresh generator is seeded from torch's global generator, so that
+    :func:`torch.manual_seed` still makes calls without a generator
+    reproducible (same convention as :func:`skad.synthesis.cutmix`).
+    """
+    if generator is None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(torch.randint(2**62, (1,))))
+    elif not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"The 'generator' parameter must be a torch.Generator or None. "
+            f"Got {type(generator).__name__} instead."
+        )
+    return generator
+
+
+def _rand(generator, *shape, device, dtype=torch.float32):
+    """Uniform [0, 1) draws made on the generator's device, moved to ``device``.
+
+    Drawing on the generator's device lets a CPU generator drive CUDA work
+    (and vice versa) with results that do not depend on where they are used.
+    """
+    return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+def _randn(generator, *shape, device, dtype=torch.float32):
+    """Standard normal draws made on the generator's device, moved to ``device``."""
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+def _uniform(u, low, high):
+    """Map uniforms ``u`` in [0, 1) to [low, high)."""
+    return low + u * (high - low)
+
+
+def _uniform_int(u, n):
+    """Map uniforms ``u`` in [0, 1) to integers in {0, ..., n - 1}."""
+    # clamp: u * n can round up to n in floating point.
+    return (u * n).floor().long().clamp_(max=n - 1)
+
+
+def _check_pair(value, name, *, low=-math.inf, high=math.inf):
+    """Validate a (min, max) pair of reals with low <= min <= max <= high."""
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, Real) and not isinstance(v, bool) for v in value)
+        and low <= value[0] <= value[1] <= high
+    )
+    if not ok:
+        raise ValueError(
+            f"The '{name}' parameter must be a (min, max) pair with {low} <= min <= max "
+            f"<= {high}. Got {value!r} instead."
+        )
+    return float(value[0]), float(value[1])
+
+
+def _check_int(value, name, *, low, high=None):
+    """Validate an integer in [low, high]."""
+    ok = isinstance(value, Integral) and not isinstance(value, bool) and value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"The '{name}' parameter must be an int {bound}. Got {value!r} instead.")
+    return int(value)
+
+
+def _check_shape(shape, ndim, name="shape"):
+    """Validate a tuple of ``ndim`` positive ints."""
+    ok = (
+        isinstance(shape, (tuple, list, torch.Size))
+        and len(shape) == ndim
+        and all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 1 for s in shape)
+    )
+    if not ok:
+        raise ValueError(
+            f"The '{name}' parameter must be a tuple of {ndim} positive ints. "
+            f"Got {shape!r} instead."
+        )
+    return tuple(int(s) for s in shape)
+
+
+def _check_images(images, name="images"):
+    """Validate a floating-point (B, C, H, W) tensor with C in {1, 3}."""
+    if not (isinstance(images, Tensor) and images.ndim == 4 and images.is_floating_point()):
+        got = (
+            f"a tensor of shape {tuple(images.shape)} and dtype {images.dtype}"
+            if isinstance(images, Tensor)
+            else type(images).__name__
+        )
+        raise ValueError(
+            f"The '{name}' parameter must be a floating-point tensor of shape (B, C, H, W). "
+            f"Got {got} instead."
+        )
+    if images.shape[1] not in (1, 3):
+        raise ValueError(
+            f"The '{name}' parameter must have 1 (grayscale) or 3 (RGB) channels. "
+            f"Got {images.shape[1]} channels instead."
+        )
+
+
+def _affine_warp(images, linear, *, padding_mode):
+    """Bilinearly warp (B, C, H, W) images by per-image linear maps (B, 2, 2) about the centre.
+
+    ``linear`` maps output pixel offsets from the image centre to input
+    offsets (x first, then y), in pixels: it is conjugated by the image
+    half-sizes so that a rotation stays a rotation on non-square images
+    (in the normalised coordinates of ``grid_sample`` it would shear).
+    """
+    batch, _, height, width = images.shape
+    device, dtype = images.device, images.dtype
+    linear = linear.to(device=device, dtype=dtype)
+    # Normalised pixel-centre coordinates (align_corners=False convention).
+    xs = torch.arange(width, device=device, dtype=dtype).mul_(2 / width).add_(1 / width - 1)
+    ys = torch.arange(height, device=device, dtype=dtype).mul_(2 / height).add_(1 / height - 1)
+    aspect = height / width
+    t00, t01 = linear[:, 0, 0, None, None], linear[:, 0, 1, None, None] * aspect
+    t10, t11 = linear[:, 1, 0, None, None] / aspect, linear[:, 1, 1, None, None]
+    xs, ys = xs[None, None, :], ys[None, :, None]
+    # Built by broadcasting rather than with affine_grid, whose CPU kernel is
+    # a batched matmul with an inner size of 3 and costs more than the warp.
+    grid = torch.empty(batch, height, width, 2, device=device, dtype=dtype)
+    torch.add(t00 * xs, t01 * ys, out=grid[..., 0])
+    torch.add(t10 * xs, t11 * ys, out=grid[..., 1])
+    return nnf.grid_sample(
+        images, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False
+    )
+
+
+def _rotation(degrees):
+    """2x2 rotation matrices (B, 2, 2) for angles in degrees (B,)."""
+    rad = torch.deg2rad(degrees)
+    cos, sin = rad.cos(), rad.sin()
+    return torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+
+
+# --------------------------------------------------------------------------- #
+# Perlin noise and masks.
+# --------------------------------------------------------------------------- #
+def _fade(t):
+    """Perlin's quintic fade 6t^5 - 15t^4 + 10t^3 (zero first/second derivative at 0, 1)."""
+    return t * t * t * (t * (t * 6.0 - 15.0) + 10.0)
+
+
+def _axis_weights(n, res, n_nodes, device):
+    """Interpolation weights of one image axis against its lattice nodes.
+
+    For pixel p of an axis of length n and lattice resolution r (per image),
+    the lattice coordinate is t = p * r / n, between nodes i = floor(t) and
+    i + 1 at fractional offset f. Returns two (B, n, n_nodes) matrices:
+    ``weight[p, j]`` the fade weight of node j (1 - fade(f) for i, fade(f)
+    for i + 1, 0 elsewhere) and ``offset_weight[p, j]`` that weight times the
+    signed distance from node j (f for i, f - 1 for i + 1).
+    """
+    pos = torch.arange(n, device=device, dtype=torch.float32)
+    # p * r is an exact integer in float32, so t is exact whenever p * r / n
+    # is an integer: noise at lattice pixels is then exactly 0.
+    t = pos[None, :] * res[:, None].float() / n
+    cell = t.floor().long().clamp_(max=n_nodes - 2)
+    frac = t - cell
+    fade = _fade(frac)
+    weight = torch.zeros(res.shape[0], n, n_nodes, device=device)
+    offset_weight = torch.zeros_like(weight)
+    left, right = cell[..., None], cell[..., None] + 1
+    weight.scatter_(2, left, (1.0 - fade)[..., None])
+    weight.scatter_(2, right, fade[..., None])
+    offset_weight.scatter_(2, left, ((1.0 - fade) * frac)[..., None])
+    offset_weight.scatter_(2, right, (fade * (frac - 1.0))[..., None])
+    return weight, offset_weight
+
+
+def _check_scale(scale, batch, max_scale, generator, device):
+    """Per-image lattice exponents (B, 2) long: given, or drawn from U{0..max_scale}."""
+    if scale is None:
+        u = _rand(generator, batch, 2, device=device, dtype=torch.float64)
+        return _uniform_int(u, max_scale + 1)
+    if isinstance(scale, Tensor):
+        if scale.shape != (batch, 2) or scale.is_floating_point() or (scale < 0).any():
+            raise ValueError(
+                f"A tensor 'scale' must hold non-negative integer exponents of shape "
+                f"({batch}, 2). Got shape {tuple(scale.shape)} and dtype {scale.dtype}."
+            )
+        return scale.to(device=device, dtype=torch.long)
+    if isinstance(scale, Integral) and not isinstance(scale, bool):
+        scale = (scale, scale)
+    if not (
+        isinstance(scale, (tuple, list))
+        and len(scale) == 2
+        and all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 0 for s in scale)
+    ):
+        raise ValueError(
+            "The 'scale' parameter must be None, a non-negative int, a pair of them or a "
+            f"(B, 2) integer tensor. Got {scale!r} instead."
+        )
+    return torch.tensor(scale, device=device, dtype=torch.long).expand(batch, 2)
+
+
+def perlin_noise(shape, *, scale=None, max_scale=5, generator=None, device=None):
+    """Single-octave 2-D Perlin noise, one independent field per image.
+
+    Each field lives on a lattice of (2^a, 2^b) cells (rows, columns) spanning
+    the image; every lattice node carries a unit gradient of uniformly random
+    angle, and the noise is the quintic-fade interpolation of the node
+    gradients' dot products with the offsets to the nodes, as in DRAEM [1]_.
+
+    Parameters
+    ----------
+    shape : tuple of (int, int, int)
+        Output shape (B, H, W).
+    scale : int, tuple of (int, int), torch.Tensor of shape (B, 2) or None, \
+            default=None
+        Lattice exponents (a, b): the lattice has 2^a rows and 2^b columns of
+        cells. An int uses it for both axes; a tensor gives per-image
+        exponents. None draws a and b independently per image from
+        U{0, ..., max_scale}.
+    max_scale : int, default=5
+        Largest exponent drawn when ``scale`` is None.
+    generator : torch.Generator, default=None
+        Source of randomness; draws happen on its device. None creates a fresh
+        generator seeded from torch's global generator.
+    device : torch.device or str, default=None
+        Device of the output. None uses the generator's device (CPU without
+        a generator).
+
+    Returns
+    -------
+    noise : torch.Tensor of shape (B, H, W)
+        Float32 noise in [-1, 1] (scaled by sqrt(2) from the raw Perlin
+        range). It is exactly 0 at lattice nodes, i.e. at pixels (y, x) with
+        y * 2^a / H and x * 2^b / W both integers.
+
+    See Also
+    --------
+    perlin_mask : Thresholded, rotated Perlin noise.
+
+    References
+    ----------
+    .. [1] V. Zavrtanik, M. Kristan and D. Skočaj, "DRAEM - A discriminatively
+       trained reconstruction embedding for surface anomaly detection",
+       ICCV 2021.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skad.synthesis import perlin_noise
+    >>> noise = perlin_noise((2, 32, 32), scale=2, generator=torch.Generator().manual_seed(0))
+    >>> noise.shape, float(noise[0, 8, 16])
+    (torch.Size([2, 32, 32]), 0.0)
+    """
+    batch, height, width = _check_shape(shape, 3)
+    max_scale = _check_int(max_scale, "max_scale", low=0, high=16)
+    if device is None:
+        device = generator.device if isinstance(generator, torch.Generator) else "cpu"
+    device = torch.device(device)
+    generator = _check_generator(generator, device)
+
+    exponents = _check_scale(scale, batch, max_scale, generator, device)
+    res = 2**exponents
+    # A common node count lets all images share one batched matmul; images
+    # with coarser lattices simply never weight the extra nodes.
+    n_nodes = int(res.max()) + 1
+    angles = _rand(generator, batch, n_nodes, n_nodes, device=device) * (2 * math.pi)
+    grad_x, grad_y = angles.cos(), angles.sin()
+
+    # noise[y, x] = sum_{j,i} wy_j(y) wx_i(x) (gx[j,i] dx_i(x) + gy[j,i] dy_j(y)),
+    # which factorises into two chains of small matrix products: O(H W L)
+    # work with no gathers, L = number of lattice nodes per axis (<= 33).
+    wy, ay = _axis_weights(height, res[:, 0], n_nodes, device)
+    wx, ax = _axis_weights(width, res[:, 1], n_nodes, device)
+    # One (B, H, 2L) @ (B, 2L, W) product for both terms.
+    left = torch.cat([wy @ grad_x, ay @ grad_y], dim=2)
+    right = torch.cat([ax, wx], dim=2).transpose(1, 2)
+    return torch.bmm(left, right).mul_(_AMPLITUDE)
+
+
+def _blob_masks(batch, height, width, generator, device):
+    """Random small ellipses (B, H, W) bool, each containing at least its centre pixel."""
+    u = _rand(generator, batch, 4, device=device)
+    # Centres on pixel centres and a radius >= 0.5 px guarantee a non-empty
+    # mask; the radii span 5-15% of each side, a typical small defect.
+    cy = _uniform_int(_uniform(u[:, 0], 0.2, 0.8), height).float() + 0.5
+    cx = _uniform_int(_uniform(u[:, 1], 0.2, 0.8), width).float() + 0.5
+    ry = (_uniform(u[:, 2], 0.05, 0.15) * height).clamp_(min=0.5)
+    rx = (_uniform(u[:, 3], 0.05, 0.15) * width).clamp_(min=0.5)
+    ys = torch.arange(height, device=device, dtype=torch.float32) + 0.5
+    xs = torch.arange(width, device=device, dtype=torch.float32) + 0.5
+    dy = ((ys[None, :] - cy[:, None]) / ry[:, None]) ** 2
+    dx = ((xs[None, :] - cx[:, None]) / rx[:, None]) ** 2
+    return dy[:, :, None] + dx[:, None, :] <= 1.0
+
+
+def _mask_subsampling(height, width, max_scale):
+    """Power-of-two factor by which the mask noise can be computed at lower resolution.
+
+    The noise is smooth at the scale of its finest lattice cell, so it is
+    evaluated (and rotated) on a grid keeping at least 4 pixels per finest
+    cell and bilinearly upsampled: for 256-pixel images and ``max_scale=5``
+    that is a quarter of the pixels, at a sub-pixel change of the blob edges.
+    """
+    factor = 1
+    while min(height, width) / (2 * factor) >= 4 * 2**max_scale:
+        factor *= 2
+    return factor
+
+
+def _raw_perlin_masks(batch, height, width, threshold, max_scale, rotate, generator, device):
+    """One round of thresholded (optionally rotated) Perlin masks, (B, H, W) bool."""
+    factor = _mask_subsampling(height, width, max_scale)
+    low_h, low_w = math.ceil(height / factor), math.ceil(width / factor)
+    noise = perlin_noise(
+        (batch, low_h, low_w), max_scale=max_scale, generator=generator, device=device
+    )[:, None]
+    if rotate is not None:
+        degrees = _uniform(_rand(generator, batch, device=device), *rotate)
+        # Zero padding: the corners uncovered by the rotation get noise 0,
+        # below any sensible threshold, as imgaug's constant-0 fill in DRAEM.
+        noise = _affine_warp(noise, _rotation(degrees), padding_mode="zeros")
+    if factor > 1:
+        noise = nnf.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False)
+    return noise[:, 0] > threshold
+
+
+def perlin_mask(
+    shape, *, threshold=0.5, max_scale=5, rotate=(-90, 90), generator=None, device=None
+):
+    """Binary anomaly masks from thresholded, rotated Perlin noise (DRAEM recipe).
+
+    Draws :func:`perlin_noise` with lattice exponents from U{0..max_scale},
+    rotates each field by an angle from U(rotate) degrees (bilinear, zero
+    fill) and keeps the pixels whose noise exceeds ``threshold``.
+
+    For speed the noise is computed and rotated on a grid subsampled by a
+    power of two that keeps at least 4 pixels per finest lattice cell (2 for
+    256-pixel images and ``max_scale=5``), then bilinearly upsampled before
+    thresholding; the noise is smooth at that scale, so this only moves blob
+    edges by a fraction of a pixel.
+
+    Parameters
+    ----------
+    shape : tuple of (int, int, int)
+        Mask batch shape (B, H, W).
+    threshold : float, default=0.5
+        Noise level above which a pixel is anomalous. The noise is in
+        [-1, 1]; higher thresholds give smaller, rarer blobs.
+    max_scale : int, default=5
+        Largest lattice exponent; higher values allow finer blobs.
+    rotate : tuple of (float, float) or None, default=(-90, 90)
+        Range of the rotation angle in degrees. None disables the rotation.
+    generator : torch.Generator, default=None
+        Source of randomness; draws happen on its device. None creates a fresh
+        generator seeded from torch's global generator.
+    device : torch.device or str, default=None
+        Device of the output. None uses the generator's device (CPU without
+        a generator).
+
+    Returns
+    -------
+    masks : torch.Tensor of shape (B, 1, H, W)
+        Float32 masks with values in {0, 1}; every mask holds at least one
+        pixel.
+
+    Notes
+    -----
+    DRAEM lets a mask come out empty (about 10% of draws at threshold 0.5)
+    and then trains on an "anomalous" image without an anomaly. Here empty
+    masks are redrawn: only the empty ones, for at most 10 rounds, after
+    which any mask still empty (only plausible for thresholds near or above
+    1) is replaced by a random ellipse with radii 5-15% of the image sides.
+    The redraws make the mask distribution differ from DRAEM's by
+    conditioning on non-emptiness.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skad.synthesis import perlin_mask
+    >>> masks = perlin_mask((4, 64, 64), generator=torch.Generator().manual_seed(0))
+    >>> masks.shape, bool((masks.flatten(1).sum(1) > 0).all())
+    (torch.Size([4, 1, 64, 64]), True)
+    """
+    batch, height, width = _check_shape(shape, 3)
+    if not isinstance(threshold, Real) or isinstance(threshold, bool):
+        raise ValueError(f"The 'threshold' parameter must be a real number. Got {threshold!r}.")
+    max_scale = _check_int(max_scale, "max_scale", low=0, high=16)
+    if rotate is not None:
+        rotate = _check_pair(rotate, "rotate")
+        if rotate == (0.0, 0.0):
+            rotate = None
+    if device is None:
+        device = generator.device if isinstance(generator, torch.Generator) else "cpu"
+    device = torch.device(device)
+    generator = _check_generator(generator, device)
+    masks = _perlin_mask_bool(
+        batch, height, width, float(threshold), max_scale, rotate, generator, device
+    )
+    return masks[:, None].float()
+
+
+def _perlin_mask_bool(batch, height, width, threshold, max_scale, rotate, generator, device):
+    """Validated-argument core of :func:`perlin_mask`: (B, H, W) bool masks."""
+    args = (threshold, max_scale, rotate, generator, device)
+    masks = _raw_perlin_masks(batch, height, width, *args)
+    empty = ~masks.flatten(1).any(1)
+    for _ in range(_MAX_RETRIES):
+        if not empty.any():
+            break
+        # Redraw only the empty masks: the others are already valid samples.
+        idx = empty.nonzero()[:, 0]
+        redraw = _raw_perlin_masks(idx.numel(), height, width, *args)
+        masks[idx] = redraw
+        empty[idx] = ~redraw.flatten(1).any(1)
+    if empty.any():
+        idx = empty.nonzero()[:, 0]
+        masks[idx] = _blob_masks(idx.numel(), height, width, generator, device)
+    return masks
+
+
+# --------------------------------------------------------------------------- #
+# Anomaly sources: textures and the 10 augmentations of DRAEM's imgaug pool.
+#
+# Only the pixels under the mask ever reach the output, so the source is
+# evaluated at those points only (typically a few percent of the image)
+# instead of as whole augmented images:
+#
+# - crop, flips and the ±45° rotation op are a per-image affine map from
+#   output pixels to texture coordinates, sampled bilinearly (reflection at
+#   the texture border) straight from the cached 8-bit textures;
+# - sharpening is a blend of the texture with its 3x3-smoothed copy (both
+#   cached), and both are linear, so it commutes with the sampling;
+# - gamma, brightness, solarize, posterize, invert, autocontrast and
+#   equalize are per-channel functions of the 8-bit value: they are composed
+#   into one 256-entry table per image and channel on (B, 3, 256) tensors,
+#   autocontrast and equalize reading the histogram of the texture pushed
+#   through the table so far;
+# - the hue/saturation shift is a per-image 3x3 colour matrix.
+# --------------------------------------------------------------------------- #
+_OPS = (
+    "gamma",
+    "brightness",
+    "sharpness",
+    "hue_saturation",
+    "solarize",
+    "posterize",
+    "invert",
+    "autocontrast",
+    "equalize",
+    "rotate",
+)
+_N_OPS = len(_OPS)
+_OP = {name: k for k, name in enumerate(_OPS)}
+
+
+def _as_4d(values):
+    return values[:, None, None, None]
+
+
+def _quantize(x):
+    """Float [0, 1] -> uint8 levels (round to nearest)."""
+    return x.mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
+
+
+def _smooth3x3(x):
+    """torchvision's sharpness "degenerate" image: 3x3 kernel [1 1 1; 1 5 1; 1 1 1] / 13.
+
+    Border pixels are kept, as in torchvision. Written with shifted slices
+    (separable box sum) because the grouped 3x3 convolution is an order of
+    magnitude slower on CPU for these shapes.
+    """
+    rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
+    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
+    out = x.clone()
+    out[..., 1:-1, 1:-1] = (box + 4.0 * x[..., 1:-1, 1:-1]) / 13.0
+    return out
+
+
+def _level_histograms(levels):
+    """Per-image, per-channel 256-bin histograms (n, C, 256) float64 of uint8 images."""
+    n, c = levels.shape[:2]
+    offsets = torch.arange(n * c, device=levels.device)[:, None] * 256
+    flat = (levels.reshape(n * c, -1).long() + offsets).flatten()
+    return torch.bincount(flat, minlength=n * c * 256).view(n, c, 256).double()
+
+
+def _hue_saturation_matrices(angle, saturation):
+    """Per-image 3x3 RGB matrices (B, 3, 3) rotating hue and scaling saturation.
+
+    In YIQ space hue is the angle and saturation the radius of the (I, Q)
+    chroma vector, so a hue shift plus saturation change is one linear map
+    per image: far cheaper than an HSV round trip.
+    """
+    to_yiq = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+        dtype=torch.float64,
+    )
+    from_yiq = torch.linalg.inv(to_yiq)
+    to_yiq, from_yiq = to_yiq.to(angle.device), from_yiq.to(angle.device)
+    cos, sin = angle.cos() * saturation, angle.sin() * saturation
+    chroma = torch.zeros(angle.shape[0], 3, 3, dtype=torch.float64, device=angle.device)
+    chroma[:, 0, 0] = 1.0
+    chroma[:, 1, 1], chroma[:, 1, 2] = cos, -sin
+    chroma[:, 2, 1], chroma[:, 2, 2] = sin, cos
+    return from_yiq @ chroma @ to_yiq
+
+
+# Table ops: tables t (n, 3, 256) float64 in [0, 1] (the current value of
+# each 8-bit source level), uniforms u (n, 2) float64, source histograms h
+# (n, 3, 256) (read by autocontrast and equalize only) -> new tables.
+def _tab_gamma(t, u, h):
+    return t.pow(_uniform(u[:, 0], 0.5, 2.0)[:, None, None])
+
+
+def _tab_brightness(t, u, h):
+    # ×[0.8, 1.2] then +[-30, 30] grey levels, as imgaug's
+    # MultiplyAndAddToBrightness, but on every channel rather than on the
+    # luminance only (which is what makes it a per-channel table).
+    mul = _uniform(u[:, 0], 0.8, 1.2)[:, None, None]
+    add = _uniform(u[:, 1], -30.0, 30.0)[:, None, None] / 255.0
+    return (t * mul + add).clamp_(0.0, 1.0)
+
+
+def _tab_solarize(t, u, h):
+    threshold = _uniform(u[:, 0], 32.0, 128.0)[:, None, None] / 255.0
+    return torch.where(t >= threshold, 1.0 - t, t)
+
+
+def _tab_posterize(t, u, h):
+    # Keep 1-7 bits of the 8-bit value (8 would be the identity), as PIL.
+    step = (2.0 ** (8 - (_uniform_int(u[:, 0], 7) + 1)))[:, None, None].to(t.dtype)
+    return ((t * 255.0).round_() / step).floor_().mul_(step).div_(255.0)
+
+
+def _tab_invert(t, u, h):
+    return 1.0 - t
+
+
+def _tab_autocontrast(t, u, h):
+    # torchvision's autocontrast: per-channel min-max stretch over the
+    # values present in the image (levels with a non-zero count).
+    present = h > 0
+    low = torch.where(present, t, math.inf).amin(-1, keepdim=True)
+    high = torch.where(present, t, -math.inf).amax(-1, keepdim=True)
+    span = high - low
+    stretched = ((t - low) / span.clamp(min=1e-12)).clamp_(0.0, 1.0)
+    return torch.where(span > 0, stretched, t)
+
+
+def _tab_equalize(t, u, h):
+    # torchvision's (= PIL's) equalisation, computed from the histogram of
+    # the current 8-bit values: the source histogram scattered through t.
+    levels = (t * 255.0).round_().clamp_(0, 255).long()
+    hist = torch.zeros_like(h).scatter_add_(2, levels, h)
+    last = 255 - (hist.flip(-1) > 0).to(torch.uint8).argmax(-1, keepdim=True)
+    step = ((hist.sum(-1, keepdim=True) - hist.gather(2, last)) / 255.0).floor_()
+    cum = hist.cumsum(-1)[..., :-1]
+    lut = ((cum + (step / 2).floor()) / step.clamp(min=1.0)).floor_().clamp_(0.0, 255.0)
+    lut = torch.cat([torch.zeros_like(lut[..., :1]), lut], dim=-1)
+    return torch.where(step > 0, lut.gather(2, levels) / 255.0, t)
+
+
+# Application order of the table ops (fixed; see the class Notes).
+_TABLE_OPS = (
+    (_OP["gamma"], _tab_gamma),
+    (_OP["brightness"], _tab_brightness),
+    (_OP["solarize"], _tab_solarize),
+    (_OP["posterize"], _tab_posterize),
+    (_OP["invert"], _tab_invert),
+    (_OP["autocontrast"], _tab_autocontrast),
+    (_OP["equalize"], _tab_equalize),
+)
+
+
+def _reflect(index, size):
+    """Reflect integer coordinates into [0, size - 1] (mirror without edge repeat)."""
+    period = (2 * (size - 1)).clamp(min=1)
+    index = index.abs().remainder(period)
+    return torch.where(index >= size, period - index, index)
+
+
+class _TextureCache:
+    """Textures resized for one image size and device, flattened for gathers.
+
+    For every scale s the N textures are resized to cover s * (H, W) and
+    stored as uint8 together with their 3x3-smoothed copy (for sharpening)
+    and their histograms; all levels are concatenated into one flat buffer so
+    that a single gather serves images drawn from different levels.
+    """
+
+    def __init__(self, native, scales, height, width, device):
+        buffers, smooth, hists, sizes, bases = [], [], [], [], []
+        offset = 0
+        for scale in scales:
+            size = (math.ceil(scale * height), math.ceil(scale * width))
+            if isinstance(native, Tensor):
+                level = _quantize(_resize_cover(native, size).clamp(0.0, 1.0))
+            else:
+                level = _stack_resized(native, size, as_float=False)
+            buffers.append(level.flatten())
+            smooth.append(_quantize(_smooth3x3(level.float().div_(255.0))).flatten())
+            hists.append(_level_histograms(level))
+            sizes.append(size)
+            bases.append(offset)
+            offset += level.numel()
+        self.n_textures = len(native)
+        self.buffer = torch.cat(buffers).to(device)
+        self.smooth = torch.cat(smooth).to(device)
+        self.hists = torch.stack(hists).to(device)  # (n_levels, N, 3, 256)
+        self.sizes = torch.tensor(sizes, dtype=torch.long, device=device)
+        self.bases = torch.tensor(bases, dtype=torch.long, device=device)
+
+
+class PerlinAnomalySynthesizer:
+    """Synthesise DRAEM-style Perlin-mask anomalies on batches of images.
+
+    For each image I a binary mask M is drawn with :func:`perlin_mask`, an
+    anomaly source A is cut from a random texture and augmented, and the two
+    are blended inside the mask [1]_::
+
+        I' = I * (1 - M) + (1 - beta) * A * M + beta * I * M,  beta ~ U(beta)
+
+    Parameters
+    ----------
+    sources : torch.Tensor of shape (N, C, h, w), str, os.PathLike or None, \
+            default=None
+        Anomaly-source textures. A tensor holds N textures with C in {1, 3}
+        (floating point in [0, 1], or uint8). A path names a folder whose
+        image files (png, jpg, bmp, tif, webp, gif) are loaded once, on first
+        use, with PIL. None uses the textures of
+        :func:`load_builtin_textures`.
+    beta : tuple of (float, float), default=(0.0, 0.8)
+        Range of the blending factor beta, the weight the original image
+        keeps inside the mask; within [0, 1]. With an upper bound below 1
+        every masked pixel moves towards the texture.
+    n_augmentations : int, default=3
+        Number of distinct augmentations drawn per image, in [0, 10], from:
+        gamma contrast (gamma in [0.5, 2]), brightness (×[0.8, 1.2] and
+        +[-30, 30]/255), sharpening (factor in [1.5, 3]), hue (±70°) and
+        saturation (×[0.6, 1.4]) shift, solarize (threshold in
+        [32, 128]/255), posterize (1-7 bits), invert, autocontrast, equalize
+        and rotation by U(-45°, 45°).
+    rotate_prob : float, default=0.0
+        Probability of rotating each base image by U(-90°, 90°) (bilinear,
+        reflection padding) before the anomaly is added. ADL uses 0.3, DAF 0.
+        Rotated images are returned rotated.
+    threshold : float, default=0.5
+        Perlin noise threshold, see :func:`perlin_mask`.
+    max_scale : int, default=5
+        Largest Perlin lattice exponent, see :func:`perlin_mask`.
+    mask_rotate : tuple of (float, float) or None, default=(-90, 90)
+        Range of the Perlin noise rotation in degrees, see :func:`perlin_mask`.
+    texture_scales : tuple of float, default=(1.0, 1.5, 2.0)
+        Magnifications (>= 1) of the textures: each texture is resized once
+        per image size to cover ``scale * (H, W)`` for every scale, and each
+        image draws its source from an (H, W) window at a random place of a
+        random texture at a random scale.
+
+    Attributes
+    ----------
+    n_sources_ : int
+        Number of anomaly-source textures; available after the first call.
+
+    See Also
+    --------
+    perlin_mask : The masks used here.
+    load_builtin_textures : The default anomaly sources.
+    skad.synthesis.copy_paste : Pseudo-anomalies cut from labelled anomalies.
+
+    Notes
+    -----
+    Apply the synthesiser to images in [0, 1], *before* any mean/std
+    normalisation: the augmentations and the blend assume that range. Pixels
+    outside the masks are returned bit-for-bit (when ``rotate_prob`` is 0);
+    inside, outputs are clipped to [0, 1].
+
+    Textures are resized once per image size and device and cached as 8-bit
+    images (imgaug, used by DRAEM, also works on 8 bits); the anomaly source
+    is then only evaluated at the masked pixels. Differences from the
+    DRAEM/imgaug implementation, for speed and determinism:
+
+    - DRAEM resizes the whole texture to the image size; here each image
+      takes a window of a randomly magnified texture, with random horizontal
+      and vertical flips, which gives more variety from few textures.
+    - The drawn augmentations run in a fixed order, not a random one:
+      sharpening and rotation (reflection padding, where imgaug fills black
+      corners that would make a give-away dark triangle), then gamma,
+      brightness, solarize, posterize, invert, autocontrast and equalize
+      (whose statistics are those of the whole resized texture, before
+      sharpening and rotation), then hue/saturation.
+    - Brightness acts on every channel, not on the luminance only; the
+      hue/saturation shift is a rotation and scaling of the YIQ chroma plane
+      rather than an HSV round trip.
+    - For grayscale images (C = 1) the augmented source is converted to
+      grayscale (ITU-R 601 luma) before blending.
+    - Empty masks are redrawn (see :func:`perlin_mask`) so every output image
+      holds an anomaly; DRAEM's extra 50% of anomaly-free samples is left to
+      the caller.
+
+    References
+    ----------
+    .. [1] V. Zavrtanik, M. Kristan and D. Skočaj, "DRAEM - A discriminatively
+       trained reconstruction embedding for surface anomaly detection",
+       ICCV 2021.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skad.synthesis import PerlinAnomalySynthesizer
+    >>> synth = PerlinAnomalySynthesizer()
+    >>> images = torch.rand(4, 3, 64, 64)
+    >>> new_images, masks = synth(images, generator=torch.Generator().manual_seed(0))
+    >>> new_images.shape, masks.shape
+    (torch.Size([4, 3, 64, 64]), torch.Size([4, 1, 64, 64]))
+    """
+
+    def __init__(
+        self,
+        sources=None,
+        *,
+        beta=(0.0, 0.8),
+        n_augmentations=3,
+        rotate_prob=0.0,
+        threshold=0.5,
+        max_scale=5,
+        mask_rotate=(-90, 90),
+        texture_scales=(1.0, 1.5, 2.0),
+    ):
+        self.sources = sources
+        self.beta = beta
+        self.n_augmentations = n_augmentations
+        self.rotate_prob = rotate_prob
+        self.threshold = threshold
+        self.max_scale = max_scale
+        self.mask_rotate = mask_rotate
+        self.texture_scales = texture_scales
+        # Validate eagerly: this is a plain callable, not a scikit-learn
+        # estimator, so failing at construction is the most helpful.
+        self._check_params()
+        # Native-resolution sources and their per-(H, W, device) caches:
+        # resizing costs far more than a synthesis call.
+        self._native = None
+        self._caches = {}
+
+    def __repr__(self):
+        source = "builtin" if self.sources is None else type(self.sources).__name__
+        params = ", ".join(
+            f"{name}={getattr(self, name)!r}"
+            for name in ("beta", "n_augmentations", "rotate_prob", "threshold")
+        )
+        return f"{type(self).__name__}(sources=<{source}>, {params})"
+
+    def __getstate__(self):
+        # Drop the caches when pickling (e.g. inside a fitted estimator): they
+        # are large and rebuilt on demand; a folder is re-read on first use.
+        state = self.__dict__.copy()
+        state["_caches"] = {}
+        state["_native"] = None
+        return state
+
+    def _check_params(self):
+        sources = self.sources
+        if isinstance(sources, Tensor):
+            if sources.ndim != 4 or sources.shape[1] not in (1, 3) or sources.shape[0] < 1:
+                raise ValueError(
+                    "A tensor 'sources' must have shape (N, C, h, w) with N >= 1 and C in "
+                    f"{{1, 3}}. Got shape {tuple(sources.shape)} instead."
+                )
+            if not (sources.is_floating_point() or sources.dtype == torch.uint8):
+                raise ValueError(
+                    f"A tensor 'sources' must be floating point or uint8. Got {sources.dtype}."
+                )
+        elif sources is not None and not isinstance(sources, (str, os.PathLike)):
+            raise ValueError(
+                "The 'sources' parameter must be a (N, C, h, w) tensor, a folder path or "
+                f"None. Got {type(sources).__name__} instead."
+            )
+        _check_pair(self.beta, "beta", low=0.0, high=1.0)
+        _check_int(self.n_augmentations, "n_augmentations", low=0, high=_N_OPS)
+        rotate_prob = self.rotate_prob
+        if not (
+            isinstance(rotate_prob, Real)
+            and not isinstance(rotate_prob, bool)
+            and 0.0 <= rotate_prob <= 1.0
+        ):
+            raise ValueError(
+                f"The 'rotate_prob' parameter must be a float in [0, 1]. Got {rotate_prob!r}."
+            )
+        if not isinstance(self.threshold, Real) or isinstance(self.threshold, bool):
+            raise ValueError(f"The 'threshold' parameter must be a real. Got {self.threshold!r}.")
+        _check_int(self.max_scale, "max_scale", low=0, high=16)
+        if self.mask_rotate is not None:
+            _check_pair(self.mask_rotate, "mask_rotate")
+        scales = self.texture_scales
+        if not (
+            isinstance(scales, (tuple, list))
+            and len(scales) >= 1
+            and all(isinstance(v, Real) and not isinstance(v, bool) and v >= 1 for v in scales)
+        ):
+            raise ValueError(
+                "The 'texture_scales' parameter must be a non-empty tuple of reals >= 1. "
+                f"Got {scales!r} instead."
+            )
+
+    @property
+    def n_sources_(self):
+        if self._native is None:
+            raise AttributeError("n_sources_ is available after the first call.")
+        return len(self._native)
+
+    def _cache(self, height, width, device):
+        key = (height, width, str(device))
+        if key not in self._caches:
+            if self._native is None:
+                if self.sources is None:
+                    self._native = _builtin_sources()
+                elif isinstance(self.sources, Tensor):
+                    src = self.sources.detach().cpu()
+                    src = src.float().div(255.0) if src.dtype == torch.uint8 else src.float()
+                    self._native = src.expand(-1, 3, -1, -1) if src.shape[1] == 1 else src
+                else:
+                    self._native = _load_folder(self.sources)
+            self._caches[key] = _TextureCache(
+                self._native, self.texture_scales, height, width, device
+            )
+        return self._caches[key]
+
+    def _source_values(self, point_b, point_y, point_x, batch, height, width, generator):
+        """Augmented anomaly-source colours (K, 3) float32 in [0, 1] at K output pixels.
+
+        ``point_b``, ``point_y``, ``point_x`` (K,) are the image index, row
+        and column of each masked pixel.
+        """
+        device = point_b.device
+        cache = self._cache(height, width, device)
+        n_aug = self.n_augmentations
+
+        # All draws up front, in fixed-size blocks: a generator state gives the
+        # same sources whatever ops happen to be drawn.
+        u = _rand(generator, batch, 6, device=device, dtype=torch.float64)
+        op_rank = _rand(generator, batch, _N_OPS, device=device)
+        params = _rand(generator, batch, _N_OPS, 2, device=device, dtype=torch.float64)
+        chosen = torch.zeros(batch, _N_OPS, dtype=torch.bool, device=device)
+        if n_aug > 0:
+            # n_aug distinct ops per image: those with the smallest ranks.
+            chosen.scatter_(1, op_rank.argsort(dim=1)[:, :n_aug], True)
+
+        # Per image: texture, scale level, window position, flips, rotation.
+        texture = _uniform_int(u[:, 0], cache.n_textures)
+        level = _uniform_int(u[:, 1], cache.sizes.shape[0])
+        tex_h, tex_w = cache.sizes[level, 0], cache.sizes[level, 1]
+        top = (u[:, 2] * (tex_h - height + 1)).floor().long().clamp_(max=tex_h - height)
+        left = (u[:, 3] * (tex_w - width + 1)).floor().long().clamp_(max=tex_w - width)
+        flip_x = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
+        flip_y = torch.where(u[:, 5] < 0.5, -1.0, 1.0)
+        rotate = chosen[:, _OP["rotate"]]
+        theta = torch.where(rotate, _uniform(params[:, _OP["rotate"], 0], -45.0, 45.0), 0.0)
+        theta = torch.deg2rad(theta)
+        base = cache.bases[level] + texture * 3 * tex_h * tex_w
+
+        # Flat buffer index of each output pixel's texture sample: flip and
+        # rotate about the window centre, then shift to the window. Flat
+        # indices and index_select are several times faster than advanced
+        # indexing on CPU.
+        b = point_b
+        tex_w_b = tex_w[b]
+        plane = (tex_h * tex_w)[b, None]
+        channel = torch.arange(3, device=device)[None, :] * plane  # (K, 3)
+        cy, cx = (height - 1) / 2, (width - 1) / 2
+        values = torch.empty(b.shape[0], 3, device=device)
+
+        # Unrotated images (most of them): an integer pixel of the window.
+        plain = (~rotate[b]).nonzero()[:, 0]
+        if plain.numel() > 0:
+            bp = b[plain]
+            sy = torch.where(flip_y[bp] < 0, height - 1 - point_y[plain], point_y[plain])
+            sx = torch.where(flip_x[bp] < 0, width - 1 - point_x[plain], point_x[plain])
+            plain_index = (base[bp] + (top[bp] + sy) * tex_w_b[plain] + left[bp] + sx)[:, None]
+            plain_index = (plain_index + channel[plain]).flatten()
+            values[plain] = cache.buffer.index_select(0, plain_index).view(-1, 3).float()
+
+        # Rotated images: bilinear between four texels, reflected at the
+        # texture border (the window's surroundings are real texture).
+        turned = rotate[b].nonzero()[:, 0]
+        if turned.numel() > 0:
+            bt = b[turned]
+            dy = (point_y[turned].double() - cy) * flip_y[bt]
+            dx = (point_x[turned].double() - cx) * flip_x[bt]
+            cos, sin = theta.cos()[bt], theta.sin()[bt]
+            sy = sin * dx + cos * dy + (top[bt] + cy)
+            sx = cos * dx - sin * dy + (left[bt] + cx)
+            y0, x0 = sy.floor(), sx.floor()
+            wy, wx = (sy - y0).float()[:, None], (sx - x0).float()[:, None]
+            y0, x0 = y0.long(), x0.long()
+            th, tw = tex_h[bt], tex_w[bt]
+            rows = torch.stack([_reflect(y0, th), _reflect(y0 + 1, th)], 1) * tw[:, None]
+            cols = torch.stack([_reflect(x0, tw), _reflect(x0 + 1, tw)], 1)
+            # (K', 2 rows, 2 columns, 3 channels) flat indices.
+            turned_index = (
+                base[bt, None, None, None]
+                + rows[:, :, None, None]
+                + cols[:, None, :, None]
+                + channel[turned, None, None, :]
+            ).flatten()
+            taps = cache.buffer.index_select(0, turned_index).view(-1, 2, 2, 3).float()
+            top_row = torch.lerp(taps[:, 0, 0], taps[:, 0, 1], wx)
+            bottom_row = torch.lerp(taps[:, 1, 0], taps[:, 1, 1], wx)
+            values[turned] = torch.lerp(top_row, bottom_row, wy)
+
+        # Sharpening = lerp(smooth, texture, factor) with the cached 3x3
+        # smoothed texture, sampled at the same places (both maps are linear,
+        # so sharpen-then-rotate equals sampling both and blending).
+        sharp = chosen[b, _OP["sharpness"]]
+        if sharp.any():
+            smooth = torch.empty_like(values)
+            if plain.numel() > 0:
+                smooth[plain] = cache.smooth.index_select(0, plain_index).view(-1, 3).float()
+            if turned.numel() > 0:
+                taps = cache.smooth.index_select(0, turned_index).view(-1, 2, 2, 3).float()
+                top_row = torch.lerp(taps[:, 0, 0], taps[:, 0, 1], wx)
+                bottom_row = torch.lerp(taps[:, 1, 0], taps[:, 1, 1], wx)
+                smooth[turned] = torch.lerp(top_row, bottom_row, wy)
+            sharp = sharp.nonzero()[:, 0]
+            factor = _uniform(params[b[sharp], _OP["sharpness"], 0], 1.5, 3.0)[:, None].float()
+            values[sharp] = torch.lerp(smooth[sharp], values[sharp], factor).clamp_(0.0, 255.0)
+        # Back to 8-bit levels, as imgaug's uint8 pipeline.
+        values = values.round_().long()
+
+        # Table ops, composed per image and channel, then one lookup.
+        tables = torch.linspace(0.0, 1.0, 256, device=device, dtype=torch.float64)
+        tables = tables.expand(batch, 3, 256).clone()
+        hist = cache.hists[level, texture]
+        for k, op in _TABLE_OPS:
+            idx = chosen[:, k].nonzero()[:, 0]
+            if idx.numel() > 0:
+                tables[idx] = op(tables[idx], params[idx, k], hist[idx])
+        table_index = (b[:, None] * 3 + torch.arange(3, device=device)) * 256 + values
+        colours = tables.float().flatten().index_select(0, table_index.flatten()).view(-1, 3)
+
+        # Hue/saturation: one 3x3 colour matrix per image (identity if not drawn).
+        hue = chosen[:, _OP["hue_saturation"]]
+        angle = torch.where(hue, _uniform(params[:, _OP["hue_saturation"], 0], -70.0, 70.0), 0.0)
+        saturation = torch.where(hue, _uniform(params[:, _OP["hue_saturation"], 1], 0.6, 1.4), 1.0)
+        # imgaug's AddToHueAndSaturation((-50, 50)) adds up to 50 of 255 hue
+        # units (about ±70 degrees) and ±50 of 255 to the saturation (roughly
+        # ±40% of a typical one).
+        matrices = _hue_saturation_matrices(torch.deg2rad(angle), saturation).float()
+        shifted = hue[b].nonzero()[:, 0]
+        if shifted.numel() > 0:
+            colours[shifted] = torch.einsum(
+                "kij,kj->ki", matrices[b[shifted]], colours[shifted]
+            ).clamp_(0.0, 1.0)
+        return colours
+
+    def __call__(self, images, *, generator=None):
+        """Add a Perlin-mask anomaly to every image.
+
+        Parameters
+        ----------
+        images : torch.Tensor of shape (B, C, H, W)
+            Floating-point images in [0, 1] with C in {1, 3}, *before*
+            normalisation. Not modified.
+        generator : torch.Generator, default=None
+            Source of randomness; draws happen on its device. None creates a
+            fresh generator seeded from torch's global generator.
+
+        Returns
+        -------
+        anomalous_images : torch.Tensor of shape (B, C, H, W)
+            New images, with the dtype and device of ``images``.
+        masks : torch.Tensor of shape (B, 1, H, W)
+            Anomaly masks with values in {0, 1} and the dtype of ``images``;
+            each holds at least one pixel.
+        """
+        _check_images(images)
+        batch, n_channels, height, width = images.shape
+        device = images.device
+        generator = _check_generator(generator, device)
+        rotate = self.mask_rotate
+        if rotate is not None:
+            rotate = _check_pair(rotate, "mask_rotate")
+            rotate = None if rotate == (0.0, 0.0) else rotate
+
+        masks = _perlin_mask_bool(
+            batch,
+            height,
+            width,
+            float(self.threshold),
+            self.max_scale,
+            rotate,
+            generator,
+            device,
+        )
+        points = masks.flatten(1).nonzero()
+        point_b, pixel = points[:, 0], points[:, 1]
+        point_y, point_x = pixel // width, pixel % width
+        colours = self._source_values(point_b, point_y, point_x, batch, height, width, generator)
+        if n_channels == 1:
+            luma = torch.tensor([0.299, 0.587, 0.114], device=device)
+            colours = (colours @ luma)[:, None]
+
+        u = _rand(generator, batch, 3, device=device, dtype=images.dtype)
+        out = images.clone(memory_format=torch.contiguous_format)
+        if self.rotate_prob > 0:
+            rotated = (u[:, 1] < self.rotate_prob).nonzero()[:, 0]
+            if rotated.numel() > 0:
+                degrees = _uniform(u[rotated, 2], -90.0, 90.0)
+                out[rotated] = _affine_warp(
+                    images[rotated], _rotation(degrees), padding_mode="reflection"
+                )
+
+        # I' = I + M (1 - beta) (A - I), the blend formula, written only at
+        # the masked pixels: everything else is the untouched copy. Both ends
+        # lie in [0, 1]; the clip only removes rounding excursions.
+        beta_lo, beta_hi = self.beta
+        weight = (1.0 - _uniform(u[:, 0], beta_lo, beta_hi))[point_b, None]
+        channels = torch.arange(n_channels, device=device)[None, :]
+        flat = (point_b[:, None] * n_channels + channels) * (height * width) + pixel[:, None]
+        flat = flat.flatten()
+        out_flat = out.view(-1)
+        inside = out_flat.index_select(0, flat).view(-1, n_channels)
+        blended = torch.lerp(inside, colours.to(images.dtype), weight).clamp_(0.0, 1.0)
+        out_flat.index_copy_(0, flat, blended.flatten())
+        return out, masks[:, None].to(images.dtype)
