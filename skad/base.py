@@ -42,8 +42,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     :meth:`_build_batch_transform`, :meth:`_auto_offset` and
     :meth:`_localize_batch`.
 
-    Common parameters
-    -----------------
+    Parameters
+    ----------
     backbone : str or torch.nn.Module
         timm model name or a module (see :func:`skad.nn.backbones.create_feature_extractor`).
     pretrained : bool or path-like
@@ -210,8 +210,11 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                 from skorch.callbacks import ProgressBar
 
                 callbacks.append(("progress_bar", ProgressBar()))
+            module = self._build_module(data)
+            if not isinstance(data, torch.Tensor):
+                module = module.to(memory_format=torch.channels_last)  # see ImageInput.load
             net = SkadNet(
-                self._build_module(data),
+                module,
                 criterion=self._build_criterion(device_rng),
                 batch_transform=self._build_batch_transform(device_rng),
                 optimizer=torch.optim.Adam,

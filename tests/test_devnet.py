@@ -135,3 +135,21 @@ def test_invalid_parameters_are_named(params, match):
     X, _, _ = make_tiny_images(n_normal=8, n_anomalous=0)
     with pytest.raises(ValueError, match=match):
         DeviationNetworkDetector(**{**TINY, **params}).fit(X)
+
+
+def test_pipeline_with_contamination_injector():
+    from sklearn.pipeline import make_pipeline
+
+    from skad import ContaminationInjector
+
+    X, is_anomaly, _ = make_tiny_images(n_normal=20, n_anomalous=6, seed=1)
+    pool, X = X[is_anomaly][:4], np.r_[X[~is_anomaly], X[is_anomaly][4:]]
+    y = np.r_[np.ones(20), -np.ones(2)].astype(int)
+    pipe = make_pipeline(
+        ContaminationInjector(pool, contamination=0.2, random_state=0),
+        DeviationNetworkDetector(**TINY, random_state=0, contamination=0.2),
+    ).fit(X, y)
+    injector = pipe.named_steps["contaminationinjector"]
+    assert injector.n_injected_ == 4  # 20% of the 20 unlabelled rows
+    assert set(np.unique(pipe.predict(X))) <= {-1, 1}
+    assert pipe.score_samples(X).shape == (22,)
