@@ -209,7 +209,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             if self.verbose:
                 from skorch.callbacks import ProgressBar
 
-                callbacks.append(("progress_bar", ProgressBar()))
+                callbacks.append(("progress_bar", ProgressBar(batches_per_epoch="count")))
             module = self._build_module(data)
             if not isinstance(data, torch.Tensor):
                 module = module.to(memory_format=torch.channels_last)  # see ImageInput.load

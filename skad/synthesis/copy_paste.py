@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from .perlin import (
+from ._augment import _smooth3x3
+from ._common import (
     _check_generator,
     _check_images,
     _check_int,
     _rand,
     _randn,
-    _smooth3x3,
     _uniform,
     _uniform_int,
 )

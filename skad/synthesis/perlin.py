@@ -12,7 +12,21 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from ._textures import _builtin_sources, _load_folder, _resize_cover, _stack_resized
+from ._augment import _N_OPS, _OP, _TABLE_OPS, _hue_saturation_matrices, _TextureCache
+from ._common import (
+    _affine_warp,
+    _check_generator,
+    _check_images,
+    _check_int,
+    _check_pair,
+    _check_shape,
+    _rand,
+    _reflect,
+    _rotation,
+    _uniform,
+    _uniform_int,
+)
+from ._textures import _builtin_sources, _load_folder
 
 __all__ = ["perlin_noise", "perlin_mask", "PerlinAnomalySynthesizer"]
 
@@ -25,148 +39,6 @@ _AMPLITUDE = math.sqrt(2.0)
 # fallback. At threshold 0.5 about 10% of masks are empty, so two or three
 # rounds nearly always suffice; the bound only matters for extreme thresholds.
 _MAX_RETRIES = 10
-
-
-# --------------------------------------------------------------------------- #
-# Shared helpers (also used by copy_paste).
-# --------------------------------------------------------------------------- #
-def _check_generator(generator, device):
-    """Return ``generator`` or, for None, a fresh one on ``device``.
-
-    The fresh generator is seeded from torch's global generator, so that
-    :func:`torch.manual_seed` still makes calls without a generator
-    reproducible (same convention as :func:`skad.synthesis.cutmix`).
-    """
-    if generator is None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(int(torch.randint(2**62, (1,))))
-    elif not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"The 'generator' parameter must be a torch.Generator or None. "
-            f"Got {type(generator).__name__} instead."
-        )
-    return generator
-
-
-def _rand(generator, *shape, device, dtype=torch.float32):
-    """Uniform [0, 1) draws made on the generator's device, moved to ``device``.
-
-    Drawing on the generator's device lets a CPU generator drive CUDA work
-    (and vice versa) with results that do not depend on where they are used.
-    """
-    return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
-
-
-def _randn(generator, *shape, device, dtype=torch.float32):
-    """Standard normal draws made on the generator's device, moved to ``device``."""
-    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
-
-
-def _uniform(u, low, high):
-    """Map uniforms ``u`` in [0, 1) to [low, high)."""
-    return low + u * (high - low)
-
-
-def _uniform_int(u, n):
-    """Map uniforms ``u`` in [0, 1) to integers in {0, ..., n - 1}."""
-    # clamp: u * n can round up to n in floating point.
-    return (u * n).floor().long().clamp_(max=n - 1)
-
-
-def _check_pair(value, name, *, low=-math.inf, high=math.inf):
-    """Validate a (min, max) pair of reals with low <= min <= max <= high."""
-    ok = (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, Real) and not isinstance(v, bool) for v in value)
-        and low <= value[0] <= value[1] <= high
-    )
-    if not ok:
-        raise ValueError(
-            f"The '{name}' parameter must be a (min, max) pair with {low} <= min <= max "
-            f"<= {high}. Got {value!r} instead."
-        )
-    return float(value[0]), float(value[1])
-
-
-def _check_int(value, name, *, low, high=None):
-    """Validate an integer in [low, high]."""
-    ok = isinstance(value, Integral) and not isinstance(value, bool) and value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"The '{name}' parameter must be an int {bound}. Got {value!r} instead.")
-    return int(value)
-
-
-def _check_shape(shape, ndim, name="shape"):
-    """Validate a tuple of ``ndim`` positive ints."""
-    ok = (
-        isinstance(shape, (tuple, list, torch.Size))
-        and len(shape) == ndim
-        and all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 1 for s in shape)
-    )
-    if not ok:
-        raise ValueError(
-            f"The '{name}' parameter must be a tuple of {ndim} positive ints. "
-            f"Got {shape!r} instead."
-        )
-    return tuple(int(s) for s in shape)
-
-
-def _check_images(images, name="images"):
-    """Validate a floating-point (B, C, H, W) tensor with C in {1, 3}."""
-    if not (isinstance(images, Tensor) and images.ndim == 4 and images.is_floating_point()):
-        got = (
-            f"a tensor of shape {tuple(images.shape)} and dtype {images.dtype}"
-            if isinstance(images, Tensor)
-            else type(images).__name__
-        )
-        raise ValueError(
-            f"The '{name}' parameter must be a floating-point tensor of shape (B, C, H, W). "
-            f"Got {got} instead."
-        )
-    if images.shape[1] not in (1, 3):
-        raise ValueError(
-            f"The '{name}' parameter must have 1 (grayscale) or 3 (RGB) channels. "
-            f"Got {images.shape[1]} channels instead."
-        )
-
-
-def _affine_warp(images, linear, *, padding_mode):
-    """Bilinearly warp (B, C, H, W) images by per-image linear maps (B, 2, 2) about the centre.
-
-    ``linear`` maps output pixel offsets from the image centre to input
-    offsets (x first, then y), in pixels: it is conjugated by the image
-    half-sizes so that a rotation stays a rotation on non-square images
-    (in the normalised coordinates of ``grid_sample`` it would shear).
-    """
-    batch, _, height, width = images.shape
-    device, dtype = images.device, images.dtype
-    linear = linear.to(device=device, dtype=dtype)
-    # Normalised pixel-centre coordinates (align_corners=False convention).
-    xs = torch.arange(width, device=device, dtype=dtype).mul_(2 / width).add_(1 / width - 1)
-    ys = torch.arange(height, device=device, dtype=dtype).mul_(2 / height).add_(1 / height - 1)
-    aspect = height / width
-    t00, t01 = linear[:, 0, 0, None, None], linear[:, 0, 1, None, None] * aspect
-    t10, t11 = linear[:, 1, 0, None, None] / aspect, linear[:, 1, 1, None, None]
-    xs, ys = xs[None, None, :], ys[None, :, None]
-    # Built by broadcasting rather than with affine_grid, whose CPU kernel is
-    # a batched matmul with an inner size of 3 and costs more than the warp.
-    grid = torch.empty(batch, height, width, 2, device=device, dtype=dtype)
-    torch.add(t00 * xs, t01 * ys, out=grid[..., 0])
-    torch.add(t10 * xs, t11 * ys, out=grid[..., 1])
-    return nnf.grid_sample(
-        images, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False
-    )
-
-
-def _rotation(degrees):
-    """2x2 rotation matrices (B, 2, 2) for angles in degrees (B,)."""
-    rad = torch.deg2rad(degrees)
-    cos, sin = rad.cos(), rad.sin()
-    return torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
 
 
 # --------------------------------------------------------------------------- #
@@ -450,198 +322,8 @@ def _perlin_mask_bool(batch, height, width, threshold, max_scale, rotate, genera
 
 
 # --------------------------------------------------------------------------- #
-# Anomaly sources: textures and the 10 augmentations of DRAEM's imgaug pool.
-#
-# Only the pixels under the mask ever reach the output, so the source is
-# evaluated at those points only (typically a few percent of the image)
-# instead of as whole augmented images:
-#
-# - crop, flips and the ±45° rotation op are a per-image affine map from
-#   output pixels to texture coordinates, sampled bilinearly (reflection at
-#   the texture border) straight from the cached 8-bit textures;
-# - sharpening is a blend of the texture with its 3x3-smoothed copy (both
-#   cached), and both are linear, so it commutes with the sampling;
-# - gamma, brightness, solarize, posterize, invert, autocontrast and
-#   equalize are per-channel functions of the 8-bit value: they are composed
-#   into one 256-entry table per image and channel on (B, 3, 256) tensors,
-#   autocontrast and equalize reading the histogram of the texture pushed
-#   through the table so far;
-# - the hue/saturation shift is a per-image 3x3 colour matrix.
+# The synthesiser (anomaly sources and augmentations: see _augment.py).
 # --------------------------------------------------------------------------- #
-_OPS = (
-    "gamma",
-    "brightness",
-    "sharpness",
-    "hue_saturation",
-    "solarize",
-    "posterize",
-    "invert",
-    "autocontrast",
-    "equalize",
-    "rotate",
-)
-_N_OPS = len(_OPS)
-_OP = {name: k for k, name in enumerate(_OPS)}
-
-
-def _as_4d(values):
-    return values[:, None, None, None]
-
-
-def _quantize(x):
-    """Float [0, 1] -> uint8 levels (round to nearest)."""
-    return x.mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
-
-
-def _smooth3x3(x):
-    """torchvision's sharpness "degenerate" image: 3x3 kernel [1 1 1; 1 5 1; 1 1 1] / 13.
-
-    Border pixels are kept, as in torchvision. Written with shifted slices
-    (separable box sum) because the grouped 3x3 convolution is an order of
-    magnitude slower on CPU for these shapes.
-    """
-    rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
-    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
-    out = x.clone()
-    out[..., 1:-1, 1:-1] = (box + 4.0 * x[..., 1:-1, 1:-1]) / 13.0
-    return out
-
-
-def _level_histograms(levels):
-    """Per-image, per-channel 256-bin histograms (n, C, 256) float64 of uint8 images."""
-    n, c = levels.shape[:2]
-    offsets = torch.arange(n * c, device=levels.device)[:, None] * 256
-    flat = (levels.reshape(n * c, -1).long() + offsets).flatten()
-    return torch.bincount(flat, minlength=n * c * 256).view(n, c, 256).double()
-
-
-def _hue_saturation_matrices(angle, saturation):
-    """Per-image 3x3 RGB matrices (B, 3, 3) rotating hue and scaling saturation.
-
-    In YIQ space hue is the angle and saturation the radius of the (I, Q)
-    chroma vector, so a hue shift plus saturation change is one linear map
-    per image: far cheaper than an HSV round trip.
-    """
-    to_yiq = torch.tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-        dtype=torch.float64,
-    )
-    from_yiq = torch.linalg.inv(to_yiq)
-    to_yiq, from_yiq = to_yiq.to(angle.device), from_yiq.to(angle.device)
-    cos, sin = angle.cos() * saturation, angle.sin() * saturation
-    chroma = torch.zeros(angle.shape[0], 3, 3, dtype=torch.float64, device=angle.device)
-    chroma[:, 0, 0] = 1.0
-    chroma[:, 1, 1], chroma[:, 1, 2] = cos, -sin
-    chroma[:, 2, 1], chroma[:, 2, 2] = sin, cos
-    return from_yiq @ chroma @ to_yiq
-
-
-# Table ops: tables t (n, 3, 256) float64 in [0, 1] (the current value of
-# each 8-bit source level), uniforms u (n, 2) float64, source histograms h
-# (n, 3, 256) (read by autocontrast and equalize only) -> new tables.
-def _tab_gamma(t, u, h):
-    return t.pow(_uniform(u[:, 0], 0.5, 2.0)[:, None, None])
-
-
-def _tab_brightness(t, u, h):
-    # ×[0.8, 1.2] then +[-30, 30] grey levels, as imgaug's
-    # MultiplyAndAddToBrightness, but on every channel rather than on the
-    # luminance only (which is what makes it a per-channel table).
-    mul = _uniform(u[:, 0], 0.8, 1.2)[:, None, None]
-    add = _uniform(u[:, 1], -30.0, 30.0)[:, None, None] / 255.0
-    return (t * mul + add).clamp_(0.0, 1.0)
-
-
-def _tab_solarize(t, u, h):
-    threshold = _uniform(u[:, 0], 32.0, 128.0)[:, None, None] / 255.0
-    return torch.where(t >= threshold, 1.0 - t, t)
-
-
-def _tab_posterize(t, u, h):
-    # Keep 1-7 bits of the 8-bit value (8 would be the identity), as PIL.
-    step = (2.0 ** (8 - (_uniform_int(u[:, 0], 7) + 1)))[:, None, None].to(t.dtype)
-    return ((t * 255.0).round_() / step).floor_().mul_(step).div_(255.0)
-
-
-def _tab_invert(t, u, h):
-    return 1.0 - t
-
-
-def _tab_autocontrast(t, u, h):
-    # torchvision's autocontrast: per-channel min-max stretch over the
-    # values present in the image (levels with a non-zero count).
-    present = h > 0
-    low = torch.where(present, t, math.inf).amin(-1, keepdim=True)
-    high = torch.where(present, t, -math.inf).amax(-1, keepdim=True)
-    span = high - low
-    stretched = ((t - low) / span.clamp(min=1e-12)).clamp_(0.0, 1.0)
-    return torch.where(span > 0, stretched, t)
-
-
-def _tab_equalize(t, u, h):
-    # torchvision's (= PIL's) equalisation, computed from the histogram of
-    # the current 8-bit values: the source histogram scattered through t.
-    levels = (t * 255.0).round_().clamp_(0, 255).long()
-    hist = torch.zeros_like(h).scatter_add_(2, levels, h)
-    last = 255 - (hist.flip(-1) > 0).to(torch.uint8).argmax(-1, keepdim=True)
-    step = ((hist.sum(-1, keepdim=True) - hist.gather(2, last)) / 255.0).floor_()
-    cum = hist.cumsum(-1)[..., :-1]
-    lut = ((cum + (step / 2).floor()) / step.clamp(min=1.0)).floor_().clamp_(0.0, 255.0)
-    lut = torch.cat([torch.zeros_like(lut[..., :1]), lut], dim=-1)
-    return torch.where(step > 0, lut.gather(2, levels) / 255.0, t)
-
-
-# Application order of the table ops (fixed; see the class Notes).
-_TABLE_OPS = (
-    (_OP["gamma"], _tab_gamma),
-    (_OP["brightness"], _tab_brightness),
-    (_OP["solarize"], _tab_solarize),
-    (_OP["posterize"], _tab_posterize),
-    (_OP["invert"], _tab_invert),
-    (_OP["autocontrast"], _tab_autocontrast),
-    (_OP["equalize"], _tab_equalize),
-)
-
-
-def _reflect(index, size):
-    """Reflect integer coordinates into [0, size - 1] (mirror without edge repeat)."""
-    period = (2 * (size - 1)).clamp(min=1)
-    index = index.abs().remainder(period)
-    return torch.where(index >= size, period - index, index)
-
-
-class _TextureCache:
-    """Textures resized for one image size and device, flattened for gathers.
-
-    For every scale s the N textures are resized to cover s * (H, W) and
-    stored as uint8 together with their 3x3-smoothed copy (for sharpening)
-    and their histograms; all levels are concatenated into one flat buffer so
-    that a single gather serves images drawn from different levels.
-    """
-
-    def __init__(self, native, scales, height, width, device):
-        buffers, smooth, hists, sizes, bases = [], [], [], [], []
-        offset = 0
-        for scale in scales:
-            size = (math.ceil(scale * height), math.ceil(scale * width))
-            if isinstance(native, Tensor):
-                level = _quantize(_resize_cover(native, size).clamp(0.0, 1.0))
-            else:
-                level = _stack_resized(native, size, as_float=False)
-            buffers.append(level.flatten())
-            smooth.append(_quantize(_smooth3x3(level.float().div_(255.0))).flatten())
-            hists.append(_level_histograms(level))
-            sizes.append(size)
-            bases.append(offset)
-            offset += level.numel()
-        self.n_textures = len(native)
-        self.buffer = torch.cat(buffers).to(device)
-        self.smooth = torch.cat(smooth).to(device)
-        self.hists = torch.stack(hists).to(device)  # (n_levels, N, 3, 256)
-        self.sizes = torch.tensor(sizes, dtype=torch.long, device=device)
-        self.bases = torch.tensor(bases, dtype=torch.long, device=device)
-
-
 class PerlinAnomalySynthesizer:
     """Synthesise DRAEM-style Perlin-mask anomalies on batches of images.
 

@@ -15,8 +15,7 @@ from skad.synthesis import (
     perlin_noise,
 )
 from skad.synthesis import perlin as perlin_module
-from skad.synthesis.perlin import (
-    _fade,
+from skad.synthesis._augment import (
     _hue_saturation_matrices,
     _level_histograms,
     _smooth3x3,
@@ -25,6 +24,7 @@ from skad.synthesis.perlin import (
     _tab_posterize,
     _tab_solarize,
 )
+from skad.synthesis.perlin import _fade
 
 FAST = settings(deadline=None, max_examples=25)
 
