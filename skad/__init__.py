@@ -15,6 +15,7 @@ import importlib
 __version__ = "0.1.0.dev0"
 
 _LAZY = {
+    "AdaptiveDeviationDetector": "skad.detectors",
     "ContaminationInjector": "skad.preprocessing",
     "DeviationNetworkDetector": "skad.detectors",
 }

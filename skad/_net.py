@@ -37,12 +37,17 @@ class BalancedBatchSampler(torch.utils.data.Sampler):
         Batches per epoch; ``None`` is one pass over the unlabelled pool.
     pseudo : bool
         Fill the anomaly half with pseudo-anomaly slots when no anomaly is labelled.
+    pseudo_fraction : float in [0, 1]
+        Share of the anomaly half given to pseudo-anomalies when anomalies are
+        labelled too (0: labelled anomalies only, DevNet's recipe).
     generator : torch.Generator
         Source of randomness.
     """
 
-    def __init__(self, target, batch_size, *, steps_per_epoch=None, pseudo=True, generator=None):
+    def __init__(self, target, batch_size, *, steps_per_epoch=None, pseudo=True,
+                 pseudo_fraction=0.0, generator=None):
         target = np.asarray(target)
+        self.pseudo_fraction = pseudo_fraction if pseudo else 0.0
         self.unlabelled = np.flatnonzero(target == 0)
         self.anomalies = np.flatnonzero(target == 1)
         self.n_anomalous = batch_size // 2 if (len(self.anomalies) or pseudo) else 0
@@ -68,21 +73,24 @@ class BalancedBatchSampler(torch.utils.data.Sampler):
         for step in range(self.steps_per_epoch):
             chunk = order[step * self.n_unlabelled:(step + 1) * self.n_unlabelled]
             batch = [(int(i), 0) for i in self.unlabelled[chunk]]
+            n_pseudo = self.n_anomalous
             if len(self.anomalies):
-                picks = self.anomalies[self._draw(self.n_anomalous, len(self.anomalies))]
+                n_pseudo = int(round(self.pseudo_fraction * self.n_anomalous))
+                picks = self.anomalies[self._draw(self.n_anomalous - n_pseudo,
+                                                  len(self.anomalies))]
                 batch += [(int(i), 1) for i in picks]
-            elif self.n_anomalous:
-                picks = self.unlabelled[self._draw(self.n_anomalous, n_u)]
+            if n_pseudo:
+                picks = self.unlabelled[self._draw(n_pseudo, n_u)]
                 batch += [(int(i), PSEUDO) for i in picks]
             yield batch
 
 
 def balanced_loader(dataset, batch_size, shuffle=True, *, steps_per_epoch=None, pseudo=True,
-                    generator=None, collate_fn=None):
+                    pseudo_fraction=0.0, generator=None, collate_fn=None):
     """``iterator_train`` for :class:`SkadNet`: a DataLoader over balanced batches."""
     sampler = BalancedBatchSampler(
-        dataset.target.numpy().astype(np.int64), batch_size,
-        steps_per_epoch=steps_per_epoch, pseudo=pseudo, generator=generator,
+        dataset.target.numpy().astype(np.int64), batch_size, steps_per_epoch=steps_per_epoch,
+        pseudo=pseudo, pseudo_fraction=pseudo_fraction, generator=generator,
     )
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn)
 

@@ -113,7 +113,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     def _localize_batch(self, x):
         """Anomaly maps ``(B, S, S)`` for a batch of images ``(B, 3, S, S)``."""
         module = self.net_.module_
-        return input_gradient_saliency(module, x, sigma=4.0 * x.shape[-1] / 256)
+
+        def score(images):
+            out = module(images)
+            return out[0] if isinstance(out, (tuple, list)) else out
+
+        return input_gradient_saliency(score, x, sigma=4.0 * x.shape[-1] / 256)
 
     # ---------------------------------------------------------------- helpers
     def _resolve_device(self):
@@ -172,9 +177,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     def _anomaly_scores(self, data):
         dataset = self._dataset(data, np.zeros(len(data)))
+        scores = []
         with torch.no_grad():
-            scores = self.net_.forward(dataset, training=False)
-        return scores.double().numpy().reshape(-1)
+            for out in self.net_.forward_iter(dataset, training=False, device="cpu"):
+                # multi-head modules return a tuple whose first element is the image score
+                scores.append(out[0] if isinstance(out, (tuple, list)) else out)
+        return torch.cat(scores).double().numpy().reshape(-1)
 
     # ---------------------------------------------------------------- fitting
     @_fit_context(prefer_skip_nested_validation=True)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["deviation_loss", "focal_loss"]
+__all__ = ["deviation_loss", "focal_loss", "two_means_labels"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -276,3 +276,46 @@ def focal_loss(logits, target, *, gamma=2.0, alpha=None, reduction="mean"):
     if alpha is not None:
         loss = loss * (alpha * target + (1 - alpha) * (1 - target))
     return _reduce(loss, reduction)
+
+
+def two_means_labels(scores):
+    """Exact 1-D 2-means clustering of scores: 1 for the high cluster, 0 for the low one.
+
+    ADL's classification head is trained, after burn-in, against these labels
+    of the batch's deviation scores in alternation with the given labels. In
+    one dimension the optimal 2-means split is a threshold between two sorted
+    neighbours, found from prefix sums in ``O(B log B)``.
+
+    Parameters
+    ----------
+    scores : Tensor of shape (B,)
+        Scores of one batch.
+
+    Returns
+    -------
+    labels : Tensor of shape (B,)
+        Float 0/1 labels on the scores' device; all zeros when the scores are
+        constant (one cluster).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skad.losses import two_means_labels
+    >>> two_means_labels(torch.tensor([0.1, 5.0, 0.2, 4.0, 0.0]))
+    tensor([0., 1., 0., 1., 0.])
+    """
+    scores = scores.detach().reshape(-1)
+    n = scores.numel()
+    if n < 2 or bool(scores.max() == scores.min()):
+        return torch.zeros_like(scores)
+    values, order = scores.double().sort()
+    csum = values.cumsum(0)
+    csum2 = (values * values).cumsum(0)
+    k = torch.arange(1, n, device=scores.device, dtype=torch.float64)  # size of the low cluster
+    low_sse = csum2[:-1] - csum[:-1] ** 2 / k
+    high_sum, high_sum2 = csum[-1] - csum[:-1], csum2[-1] - csum2[:-1]
+    high_sse = high_sum2 - high_sum**2 / (n - k)
+    split = int(torch.argmin(low_sse + high_sse)) + 1
+    labels = torch.zeros(n, dtype=scores.dtype, device=scores.device)
+    labels[order[split:]] = 1
+    return labels

@@ -86,3 +86,11 @@ def test_paths_are_read_only_when_their_batch_is_loaded(tmp_path):
     assert data.load([0], 16).shape == (1, 3, 16, 16)
     with pytest.raises(FileNotFoundError, match="not-yet-there"):
         data.load([1], 16)
+
+
+def test_pseudo_fraction_mixes_labelled_and_pseudo_anomalies():
+    target = np.r_[np.zeros(16), np.ones(2)].astype(int)
+    batches = list(BalancedBatchSampler(target, 8, pseudo_fraction=0.5,
+                                        generator=torch.Generator().manual_seed(0)))
+    for batch in batches:
+        assert [code for _, code in batch] == [0] * 4 + [1] * 2 + [PSEUDO] * 2
