@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from skad.reweighting import instance_weights
 
 # The suite shares two CPU cores with other jobs; these tensors are tiny.
-torch.set_num_threads(1)
 
 FAST = settings(max_examples=50, deadline=None)
 

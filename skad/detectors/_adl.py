@@ -4,8 +4,8 @@ from numbers import Integral, Real
 
 import torch
 import torch.nn.functional as F
-from skorch.callbacks import Callback
 from sklearn.utils._param_validation import Interval, StrOptions
+from skorch.callbacks import Callback
 from torch import nn
 
 from ..base import BaseDetector

@@ -7,8 +7,6 @@ from torch import nn
 from skad.nn.adl import ADLModule, UpBlock
 from skad.nn.backbones import create_feature_extractor
 
-torch.set_num_threads(1)
-
 
 def _extractor(name="test_efficientnet", out_indices=(2, 3, 4)):
     return create_feature_extractor(name, pretrained=False, out_indices=out_indices)
