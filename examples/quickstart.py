@@ -21,45 +21,12 @@ import argparse
 import time
 
 import numpy as np
-import torch
 
 from skad import DeviationNetworkDetector
-from skad._images import ImageInput
+from skad._baselines import nearest_neighbour_scores
 from skad.datasets import load_elpv
 from skad.metrics import image_auprc, image_auroc
 from skad.model_selection import contaminated_split
-from skad.nn.backbones import IMAGENET_MEAN, IMAGENET_STD, create_feature_extractor
-
-
-def nearest_neighbour_reference(X_train, X_test, image_size, batch_size=64, bank_size=16384):
-    """Max over test patches of the distance to the nearest training patch (no training).
-
-    The bank is a random ``bank_size`` subsample of the training patches, which keeps
-    the search to seconds on a CPU.
-    """
-    extractor = create_feature_extractor("efficientnet_lite0", out_indices=(2, 3)).eval()
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-
-    def patches(X):
-        data, out = ImageInput(X), []
-        for start in range(0, len(data), batch_size):
-            x = (data.load(range(start, min(start + batch_size, len(data))), image_size)
-                 - mean) / std
-            with torch.no_grad():
-                f2, f3 = extractor(x)
-                f3 = torch.nn.functional.interpolate(f3, size=f2.shape[-2:], mode="bilinear")
-                f = torch.nn.functional.avg_pool2d(torch.cat([f2, f3], 1), 3, 1, 1)
-            out.append(f.flatten(2).transpose(1, 2))  # (b, P, C)
-        return torch.cat(out)
-
-    bank = patches(X_train).flatten(0, 1)
-    keep = torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[:bank_size]
-    bank = bank[keep]
-    scores = []
-    for feats in patches(X_test):
-        scores.append(torch.cdist(feats, bank).min(dim=1).values.max().item())
-    return np.asarray(scores)
 
 
 def main():
@@ -92,7 +59,8 @@ def main():
     anomaly_score = -det.score_samples(X_test)
 
     start = time.perf_counter()
-    reference = nearest_neighbour_reference(X_train[y_train == 1], X_test, args.image_size)
+    reference = nearest_neighbour_scores(X_train[y_train == 1], X_test,
+                                         image_size=args.image_size)
     ref_s = time.perf_counter() - start
 
     print(f"\n{'model':<44}{'AUROC':>8}{'AUPRC':>8}{'time':>9}")

@@ -94,3 +94,15 @@ def test_pseudo_fraction_mixes_labelled_and_pseudo_anomalies():
                                         generator=torch.Generator().manual_seed(0)))
     for batch in batches:
         assert [code for _, code in batch] == [0] * 4 + [1] * 2 + [PSEUDO] * 2
+
+
+def test_nearest_neighbour_reference_scores_defects_higher():
+    from _helpers import make_tiny_images
+
+    from skad._baselines import nearest_neighbour_scores
+
+    X, is_anomaly, _ = make_tiny_images(n_normal=30, n_anomalous=6, size=32, seed=2)
+    scores = nearest_neighbour_scores(X[:20], X[20:], image_size=32, bank_size=2048)
+    test_anomalous = is_anomaly[20:]
+    assert scores.shape == (16,)
+    assert scores[test_anomalous].min() > np.median(scores[~test_anomalous])
