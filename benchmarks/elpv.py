@@ -34,20 +34,12 @@ import torch.nn.functional as F
 from skad import AdaptiveDeviationDetector
 from skad._baselines import nearest_neighbour_scores
 from skad.datasets import load_elpv
+from skad.detectors._adl import ABLATIONS
 from skad.metrics import image_auprc, image_auroc
 from skad.model_selection import contaminated_split
 
 RESULTS = Path(__file__).parent / "results"
 
-VARIANTS = {
-    "DL": dict(soft_labels=False, classification_loss=False, segmentation_loss=False,
-               divergence=None),
-    "Wt-DL": dict(soft_labels=False, classification_loss=False, segmentation_loss=False),
-    "DL-CE": dict(soft_labels=False, segmentation_loss=False, divergence=None),
-    "SoftDL-CE": dict(segmentation_loss=False, divergence=None),
-    "Wt-SoftDL-CE": dict(segmentation_loss=False),
-    "full": dict(),
-}
 
 
 def resize_all(images, size, batch=256):
@@ -92,7 +84,7 @@ def run(args):
                 det = AdaptiveDeviationDetector(
                     image_size=args.image_size, max_epochs=args.epochs,
                     steps_per_epoch=args.steps, batch_size=args.batch_size, lr=args.lr,
-                    random_state=seed, device=args.device, **VARIANTS[variant],
+                    random_state=seed, device=args.device, **ABLATIONS[variant],
                 ).fit(X_train, y_train)
                 scores = -det.score_samples(X_test)
                 rows.append(evaluate(f"ADL {variant}", level, seed, y_test, scores,
@@ -115,7 +107,7 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--levels", type=float, nargs="+",
                         default=[0.0, 0.05, 0.10, 0.15, 0.20])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(ABLATIONS))
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--steps", type=int, default=40)

@@ -8,7 +8,7 @@ from _helpers import make_tiny_images
 
 from skad import AdaptiveDeviationDetector
 from skad.datasets import make_defect_images
-from skad.detectors._adl import ADLLoss, PerlinPseudoAnomalies
+from skad.detectors._adl import ABLATIONS, ADLLoss, PerlinPseudoAnomalies
 from skad.losses import deviation_loss, focal_loss
 from skad.metrics import image_auroc, pixel_auroc
 from skad.reweighting import instance_weights
@@ -17,16 +17,6 @@ from skad.synthesis import PerlinAnomalySynthesizer
 TINY = dict(backbone="test_efficientnet", pretrained=False, image_size=32, max_epochs=1,
             batch_size=8, device="cpu", fuse_channels=8, n_reference=500)
 
-# The paper's ablation variants as parameter settings.
-VARIANTS = {
-    "DL": dict(soft_labels=False, classification_loss=False, segmentation_loss=False,
-               divergence=None),
-    "Wt-DL": dict(soft_labels=False, classification_loss=False, segmentation_loss=False),
-    "DL-CE": dict(soft_labels=False, segmentation_loss=False, divergence=None),
-    "SoftDL-CE": dict(segmentation_loss=False, divergence=None),
-    "Wt-SoftDL-CE": dict(segmentation_loss=False),
-    "full": dict(),
-}
 
 
 def _batch(seed=0):
@@ -66,13 +56,13 @@ def _reference(loss, outputs, y_true, *, burnt_in):
     return total
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(ABLATIONS))
 @pytest.mark.parametrize("progress", [0.0, 0.5])
 def test_objective_matches_the_paper_before_and_after_burn_in(variant, progress):
     outputs, y_true = _batch()
     params = dict(soft_labels=True, classification_loss=True, segmentation_loss=True,
                   divergence="alpha")
-    params.update(VARIANTS[variant])
+    params.update(ABLATIONS[variant])
     # kmeans_prob=0: the BCE target stays y, so the reference can be computed exactly
     loss = ADLLoss(burn_in=0.1, kmeans_prob=0.0, n_reference=500,
                    generator=torch.Generator().manual_seed(7), **params)
@@ -134,10 +124,10 @@ def test_burn_in_progress_reaches_the_end_of_training():
     assert det.net_.criterion_.progress == pytest.approx((2 * steps - 1) / (2 * steps))
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(ABLATIONS))
 def test_ablation_variants_are_parameter_settings(variant):
     X, is_anomaly, _ = make_tiny_images(n_normal=16, n_anomalous=2)
-    det = AdaptiveDeviationDetector(**TINY, burn_in=0.0, **VARIANTS[variant])
+    det = AdaptiveDeviationDetector(**TINY, burn_in=0.0, **ABLATIONS[variant])
     det.fit(X, np.where(is_anomaly, -1, 1))
     assert np.isfinite(det.history_[:, "train_loss"]).all()
 

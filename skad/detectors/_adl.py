@@ -15,7 +15,18 @@ from ..nn.saliency import gaussian_blur
 from ..reweighting import instance_weights
 from ..synthesis import PerlinAnomalySynthesizer
 
-__all__ = ["AdaptiveDeviationDetector"]
+__all__ = ["ABLATIONS", "AdaptiveDeviationDetector"]
+
+#: The ADL paper's ablation variants as AdaptiveDeviationDetector parameter settings.
+ABLATIONS = {
+    "DL": dict(soft_labels=False, classification_loss=False, segmentation_loss=False,
+               divergence=None),
+    "Wt-DL": dict(soft_labels=False, classification_loss=False, segmentation_loss=False),
+    "DL-CE": dict(soft_labels=False, segmentation_loss=False, divergence=None),
+    "SoftDL-CE": dict(segmentation_loss=False, divergence=None),
+    "Wt-SoftDL-CE": dict(segmentation_loss=False),
+    "full": dict(),
+}
 
 
 class ADLLoss(nn.Module):
@@ -127,9 +138,10 @@ class AdaptiveDeviationDetector(BaseDetector):
     both losses are reweighted per instance (KL, reverse-KL or
     alpha-divergence with Lagrange multiplier ``lam``) so that likely
     contaminants count less. The paper's ablation variants are parameter
-    settings: DL (``soft_labels=False, classification_loss=False,
-    segmentation_loss=False, divergence=None``), Wt-DL (the same with a
-    divergence), DL-CE, SoftDL-CE, Wt-SoftDL-CE and the full model (default).
+    settings (``skad.detectors._adl.ABLATIONS``): DL (``soft_labels=False,
+    classification_loss=False, segmentation_loss=False, divergence=None``),
+    Wt-DL (the same with a divergence), DL-CE, SoftDL-CE, Wt-SoftDL-CE and the
+    full model (default).
 
     Parameters
     ----------
