@@ -14,16 +14,6 @@ copy_paste_module = importlib.import_module("skad.synthesis.copy_paste")
 FAST = settings(deadline=None, max_examples=25)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # The inputs here are tiny; intra-op threads only add scheduling stalls
-    # on a shared machine. Restored afterwards for the rest of the session.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 

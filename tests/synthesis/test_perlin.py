@@ -29,16 +29,6 @@ from skad.synthesis.perlin import _fade
 FAST = settings(deadline=None, max_examples=25)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # The inputs here are tiny; intra-op threads only add scheduling stalls
-    # on a shared machine. Restored afterwards for the rest of the session.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
