@@ -27,15 +27,19 @@ def _check_reduction(reduction, func_name):
         )
 
 
+def _check_float_tensor(value, name, func_name):
+    """TypeError naming the parameter unless ``value`` is a floating-point tensor."""
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        dtype = " of dtype " + str(value.dtype) if isinstance(value, Tensor) else ""
+        raise TypeError(
+            f"The '{name}' parameter of {func_name} must be a floating-point "
+            f"torch.Tensor. Got {type(value).__name__}{dtype} instead."
+        )
+
+
 def _check_pair(input, target, input_name, func_name):
     """Validate an (input, target) pair and return the target as input's dtype."""
-    if not isinstance(input, Tensor) or not input.is_floating_point():
-        raise TypeError(
-            f"The '{input_name}' parameter of {func_name} must be a floating-point "
-            f"torch.Tensor. Got {type(input).__name__}"
-            f"{'' if not isinstance(input, Tensor) else ' of dtype ' + str(input.dtype)} "
-            "instead."
-        )
+    _check_float_tensor(input, input_name, func_name)
     if not isinstance(target, Tensor):
         raise TypeError(
             f"The 'target' parameter of {func_name} must be a torch.Tensor. "

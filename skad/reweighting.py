@@ -11,7 +11,8 @@ skorch, so a detector's training step can call it directly.
 from numbers import Real
 
 import torch
-from torch import Tensor
+
+from .losses import _check_float_tensor
 
 __all__ = ["instance_weights"]
 
@@ -30,13 +31,7 @@ def _work_dtype(device):
 
 
 def _check_losses(losses, func_name):
-    if not isinstance(losses, Tensor) or not losses.is_floating_point():
-        raise TypeError(
-            f"The 'losses' parameter of {func_name} must be a floating-point "
-            f"torch.Tensor. Got {type(losses).__name__}"
-            f"{'' if not isinstance(losses, Tensor) else ' of dtype ' + str(losses.dtype)} "
-            "instead."
-        )
+    _check_float_tensor(losses, "losses", func_name)
     if losses.ndim != 1 or losses.numel() == 0:
         raise ValueError(
             f"The 'losses' parameter of {func_name} must be a non-empty 1-D tensor of "
