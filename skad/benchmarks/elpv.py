@@ -1,0 +1,225 @@
+"""ELPV benchmark: skad's detectors under contamination, DRA's protocol.
+
+Normal cells: defect probability 0; anomalies: probability 1. Per seed,
+``contaminated_split(random_state=seed)`` splits the normals 75/25 (seed 42 is
+exactly DRA's 1,131 / 377 split), draws ``n_labeled`` labelled anomalies and
+``floor(r / (1 - r) * 1131)`` contaminants, both removed from the test set; the
+seed also seeds the detector. In the *general* setting the labelled anomalies
+come from both cell types; in the *hard* setting they are all ``mono`` cells and
+the test anomalies are all ``poly`` cells (unseen anomaly type).
+
+The models are a registry, :data:`MODELS`: a name maps to a :class:`Model`
+whose ``build(seed, args)`` returns an unfitted estimator (fitted with
+``fit(X_train, y_train)``) and whose optional ``rows(estimator, X_test)``
+returns ``{row name: anomaly scores}`` -- so one fit can give several rows
+(a detector's separate cues, say). Add a model with :func:`register`.
+
+Jobs: every ``--models`` entry at every ``--levels`` contamination and every
+``--n-labeled`` count, plus the ``--ablations`` entries (default: ADL's
+ablation variants) at ``--ablation-level`` with the first ``--n-labeled``.
+
+Images are resized once to ``--image-size`` before training. Per-run rows go
+to ``<out>_runs.csv``, mean +- std over seeds to ``<out>.csv`` and ``<out>.md``.
+
+Run from the repository root::
+
+    python benchmarks/elpv.py [--seeds 42 43 44] [--image-size 128] [--epochs 5] [--steps 40]
+"""
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+RESULTS = Path("benchmarks") / "results"
+
+__all__ = ["MODELS", "Model", "main", "register", "run", "summarise"]
+
+
+@dataclass(frozen=True)
+class Model:
+    """A benchmarked model.
+
+    Parameters
+    ----------
+    build : callable
+        ``build(seed, args) -> estimator``; ``args`` is the parsed command line
+        (``image_size``, ``epochs``, ``steps``, ``batch_size``, ``lr``, ``device``).
+    rows : callable or None
+        ``rows(fitted_estimator, X_test) -> {row name: anomaly scores}``;
+        ``None`` gives one row named after the model with ``-score_samples``.
+    """
+
+    build: Callable
+    rows: Callable | None = None
+
+
+#: Registered models by name; see :func:`register`.
+MODELS = {}
+
+
+def register(name, build, rows=None):
+    """Add (or replace) a benchmarked model; returns its :class:`Model`."""
+    MODELS[name] = Model(build, rows)
+    return MODELS[name]
+
+
+class NearestNeighbourReference:
+    """Label-free reference: nearest-neighbour patch distance on frozen features.
+
+    Wraps :func:`skad._baselines.nearest_neighbour_scores` as an estimator-like
+    object; labelled anomalies are left out of the bank, nothing is trained.
+    """
+
+    def __init__(self, image_size):
+        self.image_size = image_size
+
+    def fit(self, X, y):
+        self.X_ = X[np.asarray(y) == 1]
+        return self
+
+    def score_samples(self, X):
+        from skad._baselines import nearest_neighbour_scores
+
+        return -nearest_neighbour_scores(self.X_, X, image_size=self.image_size)
+
+
+def _adl(variant):
+    def build(seed, args):
+        from skad import AdaptiveDeviationDetector
+        from skad.detectors._adl import ABLATIONS
+
+        return AdaptiveDeviationDetector(
+            image_size=args.image_size, max_epochs=args.epochs, steps_per_epoch=args.steps,
+            batch_size=args.batch_size, lr=args.lr, random_state=seed, device=args.device,
+            **ABLATIONS[variant],
+        )
+    return build
+
+
+register("NN reference", lambda seed, args: NearestNeighbourReference(args.image_size))
+for _variant in ("DL", "Wt-DL", "DL-CE", "SoftDL-CE", "Wt-SoftDL-CE", "full"):
+    register(f"ADL {_variant}", _adl(_variant))
+ADL_ABLATIONS = [f"ADL {v}" for v in ("DL", "Wt-DL", "DL-CE", "SoftDL-CE", "Wt-SoftDL-CE",
+                                      "full")]
+
+
+def resize_all(images, size, batch=256):
+    """uint8 (n, H, W) -> uint8 (n, size, size), antialiased, once."""
+    out = []
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(images[start:start + batch]).float()[:, None]
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        out.append(x[:, 0].round().clamp(0, 255).to(torch.uint8).numpy())
+    return np.concatenate(out)
+
+
+def _jobs(args):
+    jobs = [(m, lvl, n) for m in args.models for lvl in args.levels for n in args.n_labeled]
+    jobs += [(m, args.ablation_level, args.n_labeled[0]) for m in args.ablations]
+    unknown = sorted({m for m, _, _ in jobs} - set(MODELS))
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(MODELS)}.")
+    return list(dict.fromkeys(jobs))  # unique, in order
+
+
+def run(args):
+    """Fit and score every job; returns one row per (model row, level, n_labeled, seed)."""
+    from skad.datasets import load_elpv
+    from skad.metrics import image_auprc, image_auroc
+    from skad.model_selection import contaminated_split
+
+    elpv = load_elpv()
+    images = resize_all(elpv.images, args.image_size)
+    normal, anomalous = images[elpv.probability == 0], images[elpv.probability == 1]
+    split_kw = {}
+    if args.setting == "hard":
+        split_kw = dict(groups=elpv.cell_type[elpv.probability == 1], seen_groups="mono")
+    jobs, rows = _jobs(args), []
+    for seed in args.seeds:
+        for level, n_labeled in dict.fromkeys((lvl, n) for _, lvl, n in jobs):
+            X_train, y_train, X_test, y_test = contaminated_split(
+                normal, anomalous, n_labeled=n_labeled, contamination=level,
+                random_state=seed, **split_kw,
+            )
+            for name, lvl, n in jobs:
+                if (lvl, n) != (level, n_labeled):
+                    continue
+                model = MODELS[name]
+                start = time.perf_counter()
+                est = model.build(seed, args).fit(X_train, y_train)
+                scored = (model.rows(est, X_test) if model.rows is not None
+                          else {name: -est.score_samples(X_test)})
+                seconds = time.perf_counter() - start
+                for row_name, scores in scored.items():
+                    rows.append({"model": row_name, "setting": args.setting,
+                                 "contamination": level, "n_labeled": n_labeled, "seed": seed,
+                                 "auroc": image_auroc(y_test, scores),
+                                 "auprc": image_auprc(y_test, scores), "seconds": seconds})
+                    print(rows[-1], flush=True)
+    return pd.DataFrame(rows)
+
+
+def summarise(df):
+    """Mean and std over seeds per model, setting, contamination and n_labeled."""
+    agg = df.groupby(["model", "setting", "contamination", "n_labeled"], sort=False).agg(
+        auroc_mean=("auroc", "mean"), auroc_std=("auroc", "std"),
+        auprc_mean=("auprc", "mean"), auprc_std=("auprc", "std"),
+        seconds=("seconds", "median"), n_seeds=("seed", "nunique"),
+    )
+    return agg.reset_index()
+
+
+def build_parser():
+    """The command-line parser (shared with ``skad benchmark elpv``)."""
+    parser = argparse.ArgumentParser(prog="benchmarks/elpv.py",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--models", nargs="+", default=["NN reference", "ADL full"],
+                        help="registered model names (see skad.benchmarks.elpv.MODELS)")
+    parser.add_argument("--levels", type=float, nargs="+",
+                        default=[0.0, 0.05, 0.10, 0.15, 0.20])
+    parser.add_argument("--n-labeled", type=int, nargs="+", default=[10])
+    parser.add_argument("--ablations", nargs="*", default=ADL_ABLATIONS)
+    parser.add_argument("--ablation-level", type=float, default=0.10)
+    parser.add_argument("--setting", choices=["general", "hard"], default="general")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=str(RESULTS / "elpv"),
+                        help="output prefix: <out>.csv, <out>.md, <out>_runs.csv")
+    return parser
+
+
+def main(argv=None):
+    """Run the benchmark; ``argv`` as on the command line (default ``sys.argv[1:]``).
+
+    Returns the summary DataFrame.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    df = run(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(f"{args.out}_runs.csv", index=False)
+    summary = summarise(df)
+    summary.to_csv(f"{args.out}.csv", index=False)
+    cmd = "python benchmarks/elpv.py " + shlex.join(argv)
+    table = summary.to_markdown(index=False, floatfmt=".3f")
+    Path(f"{args.out}.md").write_text(
+        f"# ELPV, {args.setting} setting\n\nCommand: `{cmd}`; total "
+        f"{(time.perf_counter() - started) / 60:.0f} min on this machine.\n\n{table}\n"
+    )
+    print(table)
+    return summary
