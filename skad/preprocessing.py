@@ -141,10 +141,11 @@ class ContaminationInjector(TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
-    injected_indices_ : ndarray of shape (n_injected_,)
-        Sorted indices of the rows of ``X`` replaced during the last fit.
+    injected_indices_ : ndarray of shape (n_injected,)
+        Sorted indices of the rows of ``X`` replaced during the last fit
+        (``n_injected_`` of them).
 
-    anomaly_indices_ : ndarray of shape (n_injected_,)
+    anomaly_indices_ : ndarray of shape (n_injected,)
         Index in ``anomalies`` of the image put in each row of
         ``injected_indices_``.
 

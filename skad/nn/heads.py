@@ -48,7 +48,8 @@ def topk_mean(maps, top_k):
 
     Returns
     -------
-    Tensor of shape (B,)
+    scores : Tensor of shape (B,)
+        The mean of each map's ``K`` largest cells.
     """
     flat = maps.flatten(1)
     k = max(int(math.floor(top_k * flat.shape[1])), 1)
@@ -72,7 +73,18 @@ class DeviationHead(nn.Module):
         self.top_k = top_k
 
     def patch_scores(self, features):
-        """Non-negative patch scores ``(B, 1, h, w)``."""
+        """Non-negative patch scores.
+
+        Parameters
+        ----------
+        features : Tensor of shape (B, C, h, w)
+            Feature map with ``C = in_channels``.
+
+        Returns
+        -------
+        scores : Tensor of shape (B, 1, h, w)
+            Absolute value of the 1x1 convolution of each patch.
+        """
         return self.conv(features).abs()
 
     def forward(self, features):
