@@ -1,0 +1,566 @@
+"""The ``skad`` command line.
+
+Subcommands:
+
+- ``skad demo``: train AdaptiveDeviationDetector on the ELPV solar cells
+  (offline, 10% contamination, 10 labelled anomalies), print AUROC / AUPRC next
+  to a label-free nearest-neighbour reference, and write a report folder;
+- ``skad fit``: train a detector on a folder of images and save it;
+- ``skad score``: score a folder of images with a saved detector (CSV, maps);
+- ``skad benchmark``: run :mod:`skad.benchmarks.elpv` or
+  :mod:`skad.benchmarks.throughput`.
+
+``skad <command> --help`` lists each command's options. Heavy libraries
+(torch, timm, matplotlib) are imported only by the command that needs them.
+"""
+
+import argparse
+import ast
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+
+__all__ = ["DETECTORS", "build_parser", "main"]
+
+#: Detectors by short name: ``"module:Class"``. A new detector joins with one line.
+DETECTORS = {
+    "adl": "skad.detectors:AdaptiveDeviationDetector",
+    "devnet": "skad.detectors:DeviationNetworkDetector",
+}
+
+#: Command-line options that map onto detector parameters.
+_OPTION_PARAMS = {
+    "image_size": "image_size", "epochs": "max_epochs", "device": "device",
+    "seed": "random_state", "batch_size": "batch_size", "lr": "lr",
+    "steps": "steps_per_epoch", "backbone": "backbone", "pretrained": "pretrained",
+    "contamination": "contamination",
+}
+
+_DEMO = dict(image_size=128, epochs=5, steps=40, lr=1e-3, batch_size=16, seed=42,
+             device="auto", contamination=0.1, n_labeled=10)
+
+
+class CommandError(Exception):
+    """A user error: printed as ``skad <command>: error: ...`` with exit status 1."""
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _common_options(defaults=None):
+    """``--device --image-size --epochs --seed`` (+ hidden tiny-model options)."""
+    defaults = defaults or {}
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("common options")
+    group.add_argument("--device", default=defaults.get("device"),
+                       help="'auto' (CUDA when available), 'cpu' or 'cuda[:N]' "
+                            "(default: %(default)s)")
+    group.add_argument("--image-size", type=int, default=defaults.get("image_size"),
+                       help="side of the square images the network sees (default: %(default)s)")
+    group.add_argument("--epochs", type=int, default=defaults.get("epochs"),
+                       help="training epochs (default: %(default)s)")
+    group.add_argument("--seed", type=int, default=defaults.get("seed"),
+                       help="random seed of the split and the detector (default: %(default)s)")
+    group.add_argument("--steps", type=int, default=defaults.get("steps"),
+                       help="batches per epoch (default: %(default)s)")
+    group.add_argument("--batch-size", type=int, default=defaults.get("batch_size"),
+                       help="images per batch (default: %(default)s)")
+    group.add_argument("--lr", type=float, default=defaults.get("lr"),
+                       help="learning rate (default: %(default)s)")
+    # tiny random-weight backbones for tests and smoke runs
+    group.add_argument("--backbone", default=None, help=argparse.SUPPRESS)
+    group.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False,
+                       default=None, help=argparse.SUPPRESS)
+    return parent
+
+
+def build_parser():
+    """The ``skad`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="skad",
+        description="Visual anomaly detection with contaminated training data and a few "
+                    "labelled anomalies.",
+    )
+    parser.add_argument("--version", action="version", version=f"skad {__version__}")
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", metavar="command")
+
+    demo = commands.add_parser(
+        "demo", parents=[_common_options(_DEMO)],
+        help="train ADL on ELPV solar cells and write a report (a few minutes on a CPU)",
+        description="Train AdaptiveDeviationDetector on ELPV (offline; normal = defect "
+                    "probability 0, anomalous = 1) with 10 labelled anomalies and 10% "
+                    "contamination, print AUROC/AUPRC next to a label-free nearest-neighbour "
+                    "reference, and write heatmaps, histograms and scores to --out.",
+    )
+    demo.add_argument("--out", default="skad-demo-report",
+                      help="report folder (default: %(default)s)")
+    demo.add_argument("--contamination", type=float, default=_DEMO["contamination"],
+                      dest="split_contamination", metavar="R",
+                      help="share of anomalies among the unlabelled training images "
+                           "(default: %(default)s)")
+    demo.add_argument("--n-labeled", type=int, default=_DEMO["n_labeled"],
+                      help="labelled anomalies in training (default: %(default)s)")
+    demo.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)
+    demo.set_defaults(func=_cmd_demo)
+
+    fit = commands.add_parser(
+        "fit", parents=[_common_options()],
+        help="train a detector on a folder of images and save it",
+        description="Train a detector on a folder of images and save it (skad.persistence). "
+                    "DATA is a plain folder of images (all unlabelled), or a good/ + "
+                    "<defect>/ tree (good/ unlabelled, other folders labelled anomalies), or "
+                    "an MVTec-style category folder (its train/ is used).",
+    )
+    fit.add_argument("--data", required=True, metavar="DIR", help="training images")
+    fit.add_argument("--labeled", metavar="DIR",
+                     help="folder of known anomalies (images directly inside or in subfolders)")
+    fit.add_argument("--detector", default="adl", choices=sorted(DETECTORS),
+                     help="detector (default: %(default)s)")
+    fit.add_argument("--out", default="model.skad", metavar="FILE",
+                     help="model file to write (default: %(default)s)")
+    fit.add_argument("--normal", default="good",
+                     help="name of the folder of normal images in a tree (default: %(default)s)")
+    fit.add_argument("--contamination", default=None, type=_contamination,
+                     help="'auto' or the expected share of anomalies, which sets the "
+                          "prediction threshold (default: the detector's)")
+    fit.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="any other detector parameter, e.g. -p lam=0.5 (repeatable)")
+    fit.set_defaults(func=_cmd_fit)
+
+    score = commands.add_parser(
+        "score", help="score a folder of images with a saved detector",
+        description="Score images with a saved detector: writes path, anomaly_score "
+                    "(higher = more anomalous) and prediction (-1 anomaly, +1 normal), plus "
+                    "label and defect_type for a good/ + <defect>/ tree, and anomaly-map PNGs "
+                    "with --maps.",
+    )
+    score.add_argument("--model", required=True, metavar="FILE", help="model file from skad fit")
+    score.add_argument("--data", required=True, metavar="DIR",
+                       help="images to score: a plain folder, a good/ + <defect>/ tree, or an "
+                            "MVTec-style category folder (its test/ is used)")
+    score.add_argument("--out", default="scores.csv", metavar="FILE",
+                       help="CSV to write (default: %(default)s)")
+    score.add_argument("--maps", metavar="DIR",
+                       help="also write one grayscale anomaly-map PNG per image here")
+    score.add_argument("--normal", default="good",
+                       help="name of the folder of normal images in a tree (default: %(default)s)")
+    score.add_argument("--batch-size", type=int, default=64,
+                       help="images scored at once (default: %(default)s)")
+    score.add_argument("--trusted", action="store_true",
+                       help="load model files that fail skad's checks (other skad version, no "
+                            "skad header); loading runs code from the file")
+    score.set_defaults(func=_cmd_score)
+
+    bench = commands.add_parser(
+        "benchmark", help="run a benchmark (elpv, throughput)",
+        description="Run skad.benchmarks.<name>.main with the remaining arguments "
+                    "(`skad benchmark elpv --help` lists them). For elpv, an AUROC-vs-"
+                    "contamination plot is written next to the summary CSV.",
+    )
+    bench.add_argument("name", choices=["elpv", "throughput"])
+    bench.add_argument("args", nargs=argparse.REMAINDER,
+                       help="arguments of the benchmark")
+    bench.set_defaults(func=_cmd_benchmark)
+    return parser
+
+
+def _contamination(value):
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or a float in (0, 0.5]; got {value!r}") from None
+
+
+def main(argv=None):
+    """Run the ``skad`` command; returns the exit status.
+
+    Parameters
+    ----------
+    argv : list of str, default=None
+        Arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns
+    -------
+    status : int
+        0 on success, 1 on a user error (printed), 2 on a usage error.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from .persistence import ModelFileError
+
+    try:
+        return args.func(args) or 0
+    except (CommandError, ModelFileError, ValueError, FileNotFoundError, ImportError) as exc:
+        if args.debug:
+            raise
+        print(f"skad {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _image_files(folder):
+    from .datasets._folders import _list_images
+
+    return [str(p) for p in _list_images(folder)]
+
+
+def _subfolders(folder):
+    from .datasets._folders import _list_subdirs
+
+    return _list_subdirs(folder)
+
+
+def _collect(root, *, option, normal="good", split=None):
+    """Images of a folder: ``(paths, target or None, defect_type or None, root used)``.
+
+    A folder with images directly inside is plain (no labels); otherwise an
+    MVTec-style category folder is entered at ``split``, and a tree with a
+    ``normal`` folder is read by :func:`skad.datasets.load_folder`; any other
+    tree contributes the images of all its subfolders, unlabelled.
+    """
+    from .datasets import load_folder
+    from .datasets._folders import IMAGE_EXTENSIONS
+
+    root = Path(root)
+    if not root.is_dir():
+        raise CommandError(f"{option} {str(root)!r} is not a folder; check the path.")
+    files = _image_files(root)
+    if files:
+        return files, None, None, root
+    names = [p.name for p in _subfolders(root)]
+    if split is not None and split in names and normal not in names:
+        return _collect(root / split, option=option, normal=normal)
+    if normal in names:
+        data = load_folder(root, normal=normal)
+        return list(data.images), data.target, data.defect_type, root
+    files = [f for sub in _subfolders(root) for f in _image_files(sub)]
+    if not files:
+        raise CommandError(
+            f"{option} {str(root)!r} contains no images ({', '.join(IMAGE_EXTENSIONS)}) "
+            "directly or in its subfolders; point it at a folder of images."
+        )
+    return files, None, None, root
+
+
+def _check_readable(paths, option):
+    """Fail before any work if an image cannot be opened."""
+    from PIL import Image
+
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as exc:  # PIL raises many kinds
+            bad.append(f"{path} ({type(exc).__name__}: {exc})")
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise CommandError(
+            f"{len(bad)} file(s) in {option} cannot be read as images: "
+            + "; ".join(bad[:5]) + more + ". Remove or replace them."
+        )
+
+
+# --------------------------------------------------------------------------- detectors
+
+
+def _detector_class(name):
+    if name not in DETECTORS:
+        raise CommandError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)}.")
+    module, cls = DETECTORS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _parse_param(text):
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise CommandError(f"--param expects NAME=VALUE, e.g. -p lam=0.5; got {text!r}.")
+    try:
+        value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass  # a bare string such as divergence=kl
+    return name.strip(), value
+
+
+def make_detector(name, args, **overrides):
+    """A detector from its short name and the command-line options that were given."""
+    cls = _detector_class(name)
+    valid = cls().get_params()
+    params = {}
+    for option, param in _OPTION_PARAMS.items():
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if param not in valid:
+            flag = "--" + option.replace("_", "-")
+            raise CommandError(f"the {name} detector has no {param!r} parameter; drop {flag}.")
+        params[param] = value
+    params.update(overrides)
+    for text in getattr(args, "param", []) or []:
+        key, value = _parse_param(text)
+        if key not in valid:
+            raise CommandError(
+                f"the {name} detector ({cls.__name__}) has no parameter {key!r}; valid "
+                f"parameters: {sorted(valid)}."
+            )
+        params[key] = value
+    return cls(**params)
+
+
+# --------------------------------------------------------------------------- fit / score
+
+
+def _cmd_fit(args):
+    import numpy as np
+
+    from .persistence import save
+
+    paths, target, defect, root = _collect(args.data, option="--data", normal=args.normal,
+                                           split="train")
+    y = np.ones(len(paths), dtype=int) if target is None else np.asarray(target, dtype=int)
+    sources = sorted(set(defect[target == -1])) if target is not None else []
+    if args.labeled:
+        extra, _, _, _ = _collect(args.labeled, option="--labeled", normal=args.normal)
+        paths, y = paths + extra, np.concatenate([y, -np.ones(len(extra), dtype=int)])
+        sources.append(str(args.labeled))
+    n_anomalies = int((y == -1).sum())
+    if n_anomalies * 2 > len(y):
+        raise CommandError(
+            f"{n_anomalies} of {len(y)} training images are labelled anomalies; skad expects "
+            "mostly normal (unlabelled) images and a few labelled anomalies. Check --data "
+            f"(normal images belong in {args.normal!r}/) and --labeled."
+        )
+    _check_readable(paths, "--data/--labeled")
+    Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
+    det = make_detector(args.detector, args, verbose=1)
+    print(f"Training {type(det).__name__} on {len(paths)} images from {root} "
+          f"({len(paths) - n_anomalies} unlabelled, {n_anomalies} labelled anomalies"
+          + (f" from {', '.join(sources)}" if sources else "") + ")", flush=True)
+    start = time.perf_counter()
+    det.fit(paths, y)
+    seconds = time.perf_counter() - start
+    save(det, args.out, metadata={"data": str(root), "n_images": len(paths),
+                                  "n_labeled": n_anomalies, "fit_seconds": round(seconds, 1)})
+    print(f"Trained in {seconds:.0f}s; saved to {args.out}")
+    return 0
+
+
+def _batches(X, batch_size, desc):
+    """``(start, X[start:start + batch_size])`` pairs under a progress bar."""
+    from tqdm.auto import tqdm
+
+    starts = range(0, len(X), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False):
+        yield start, X[start:start + batch_size]
+
+
+def _cmd_score(args):
+    import numpy as np
+
+    from ._report import MapWriter, write_scores_csv
+    from .metrics import image_auprc, image_auroc
+    from .persistence import load
+
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size must be at least 1; got {args.batch_size}.")
+    det = load(args.model, trusted=args.trusted)
+    for method in ("score_samples", "predict"):
+        if not hasattr(det, method):
+            raise CommandError(f"{args.model!r} holds a {type(det).__name__}, not a detector.")
+    paths, target, defect, root = _collect(args.data, option="--data", normal=args.normal,
+                                           split="test")
+    _check_readable(paths, "--data")
+    writer = MapWriter(args.maps) if args.maps else None
+    if writer is not None and not hasattr(det, "localize"):
+        raise CommandError(f"{type(det).__name__} has no localize method; drop --maps.")
+    offset = getattr(det, "offset_", None)
+    scores, predictions = [], []
+    for _, batch in _batches(paths, args.batch_size, "scoring"):
+        scores.append(det.score_samples(batch))
+        predictions.append(det.predict(batch) if offset is None
+                           else np.where(scores[-1] - offset < 0, -1, 1))
+        if writer is not None:
+            names = [Path(p).relative_to(root) for p in batch]
+            writer.write(det.localize(batch), names)
+    normality = np.concatenate(scores)
+    columns = {"path": paths, "anomaly_score": -normality,
+               "prediction": np.concatenate(predictions)}
+    if target is not None:
+        columns.update(label=target, defect_type=defect)
+    Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
+    write_scores_csv(args.out, columns)
+    n_flagged = int((columns["prediction"] == -1).sum())
+    print(f"Scored {len(paths)} images ({n_flagged} predicted anomalous); wrote {args.out}"
+          + (f" and {writer.written} maps to {args.maps}" if writer is not None else ""))
+    if target is not None and len(set(np.asarray(target).tolist())) == 2:
+        print(f"AUROC {image_auroc(target, -normality):.3f}, "
+              f"AUPRC {image_auprc(target, -normality):.3f} (labels from the folder names)")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _load_elpv():
+    from .datasets import load_elpv
+
+    return load_elpv()
+
+
+def _resize_all(images, size, batch=256):
+    """uint8 (n, H, W) -> uint8 (n, size, size), antialiased, once (as the ELPV benchmark)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch])).float()[:, None]
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        out.append(x[:, 0].round().clamp(0, 255).to(torch.uint8).numpy())
+    return np.concatenate(out)
+
+
+def _step(number, total, text):
+    print(f"[{number}/{total}] {text}", flush=True)
+
+
+def _cmd_demo(args):
+    import numpy as np
+
+    from . import _report
+    from ._baselines import nearest_neighbour_scores
+    from .metrics import image_auprc, image_auroc
+    from .model_selection import contaminated_split
+
+    started = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _report.have_matplotlib()
+    total = 5
+
+    _step(1, total, f"Loading ELPV and resizing to {args.image_size} px")
+    elpv = _load_elpv()
+    normal_idx = np.flatnonzero(elpv.probability == 0)
+    anomalous_idx = np.flatnonzero(elpv.probability == 1)
+    if args.limit is not None:  # smoke runs: a random subset of each class
+        rng = np.random.RandomState(args.seed)
+        normal_idx = np.sort(rng.permutation(normal_idx)[:args.limit])
+        anomalous_idx = np.sort(rng.permutation(anomalous_idx)[:args.limit])
+    images = _resize_all(elpv.images[np.r_[normal_idx, anomalous_idx]], args.image_size)
+    source = np.r_[normal_idx, anomalous_idx]
+    X_train, y_train, X_test, y_test, idx = contaminated_split(
+        images[:len(normal_idx)], images[len(normal_idx):], n_labeled=args.n_labeled,
+        contamination=args.split_contamination, random_state=args.seed, return_indices=True,
+    )
+    print(f"      {len(X_train)} training cells ({int(np.sum(y_train == -1))} labelled "
+          f"anomalies, {args.split_contamination:.0%} contamination among the rest), {len(X_test)} "
+          f"test cells ({int(np.sum(y_test == -1))} anomalous)", flush=True)
+
+    _step(2, total, "Label-free nearest-neighbour reference (frozen EfficientNet-Lite0)")
+    start = time.perf_counter()
+    reference = nearest_neighbour_scores(X_train[y_train == 1], X_test,
+                                         image_size=args.image_size)
+    reference_s = time.perf_counter() - start
+
+    det = make_detector("adl", args, verbose=1)
+    _step(3, total, f"Training AdaptiveDeviationDetector ({det.max_epochs} epochs x "
+                    f"{det.steps_per_epoch} steps, batch {det.batch_size}, lr {det.lr:g})")
+    start = time.perf_counter()
+    det.fit(X_train, y_train)
+    fit_s = time.perf_counter() - start
+
+    _step(4, total, f"Scoring {len(X_test)} test cells")
+    start = time.perf_counter()
+    normality = np.concatenate([det.score_samples(batch)
+                                for _, batch in _batches(X_test, 64, "scoring")])
+    score_s = time.perf_counter() - start
+    scores = -normality
+
+    rows = [
+        {"model": f"AdaptiveDeviationDetector ({det.max_epochs}x{det.steps_per_epoch} steps)",
+         "AUROC": image_auroc(y_test, scores), "AUPRC": image_auprc(y_test, scores),
+         "seconds": fit_s + score_s},
+        {"model": "nearest-neighbour patch distance (no labels)",
+         "AUROC": image_auroc(y_test, reference), "AUPRC": image_auprc(y_test, reference),
+         "seconds": reference_s},
+    ]
+    table = _report.format_table(rows)
+
+    _step(5, total, f"Writing the report to {out}/")
+    _report.write_scores_csv(out / "scores.csv", {
+        "index": np.arange(len(y_test)), "label": y_test, "anomaly_score": scores,
+        "reference_score": reference, "elpv_index": source[idx.test],
+    })
+    written = ["scores.csv"]
+    if plots:
+        order = np.argsort(-scores, kind="stable")
+        k = min(4, len(order))
+        groups = [("overlays_highest.png", order[:k], "highest"),
+                  ("overlays_lowest.png", order[::-1][:k], "lowest")]
+        maps = [det.localize(X_test[chosen]) for _, chosen, _ in groups]
+        vmax = max(float(np.max(m)) for m in maps)  # one colour scale for both figures
+        for (name, chosen, what), group_maps in zip(groups, maps):
+            titles = [f"#{i} {'anomalous' if y_test[i] == -1 else 'normal'}\n"
+                      f"score {scores[i]:.2f}" for i in chosen]
+            _report.save_overlays(out / name, X_test[chosen], group_maps, titles, vmax=vmax,
+                                  suptitle=f"ADL heatmaps: {what}-scored test cells "
+                                           f"(colour scale 0 to {vmax:.2g})")
+            written.append(name)
+        _report.save_score_histograms(out / "score_histograms.png", [
+            ("AdaptiveDeviationDetector", scores, -det.offset_),
+            ("nearest-neighbour reference", reference, None),
+        ], y_test)
+        written.append("score_histograms.png")
+    else:
+        print("      matplotlib is not installed: figures skipped "
+              "(pip install \"skad[plot]\")", flush=True)
+    elapsed = time.perf_counter() - started
+    settings = (f"ELPV, {args.n_labeled} labelled anomalies, {args.split_contamination:.0%} "
+                f"contamination, seed {args.seed}, {args.image_size} px, device {det.device_}")
+    (out / "results.txt").write_text(f"{settings}\n\n{table}\n\ntotal {elapsed:.0f}s\n")
+    written.append("results.txt")
+    print(f"\n{settings}\n\n{table}\n")
+    print(f"Report: {out}/ ({', '.join(written)}); total {elapsed / 60:.1f} min")
+    return 0
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def _cmd_benchmark(args):
+    module = importlib.import_module(f"skad.benchmarks.{args.name}")
+    module.main(list(args.args))
+    if args.name != "elpv":
+        return 0
+    import pandas as pd
+
+    from . import _report
+
+    prefix = module.build_parser().parse_args(list(args.args)).out
+    summary_csv = Path(f"{prefix}.csv")
+    if not summary_csv.is_file():
+        raise CommandError(f"the benchmark wrote no summary {str(summary_csv)!r}; no plot.")
+    if not _report.have_matplotlib():
+        print("matplotlib is not installed: AUROC plot skipped (pip install \"skad[plot]\")")
+        return 0
+    plot = Path(f"{prefix}_auroc.png")
+    _report.save_auroc_plot(plot, pd.read_csv(summary_csv), title="ELPV")
+    print(f"wrote {plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,517 @@
+"""Save fitted detectors to a file and load them back, on CPU or GPU.
+
+A skad model file is one line of magic (``skad-model <format>``), one line of
+JSON metadata (the class, the versions of skad, torch, scikit-learn, skorch,
+numpy and Python that wrote it, the device it was fitted on, the size and
+SHA-256 of the payload) and the payload: the estimator pickled with protocol 5.
+:func:`read_header` reads the metadata without unpickling anything.
+
+Loading a pickle runs code chosen by whoever wrote the file. :func:`load`
+therefore reads and checks the metadata *before* it unpickles the payload
+and, unless ``trusted=True``, refuses files it cannot vouch for:
+
+- files not written by :func:`save` (plain pickle or joblib files, or
+  anything else);
+- files whose payload does not match the recorded size and SHA-256
+  (truncated, corrupted or edited);
+- files written by an incompatible skad version (another ``major.minor``).
+
+These checks guard against loading the wrong file by accident; they are not a
+sandbox: a file crafted to pass them can still run arbitrary code. Only load
+files from sources you trust. Version drift that usually works (another
+skad patch release, another torch, scikit-learn or skorch version) gives a
+:class:`ModelVersionWarning`.
+
+A model fitted on a GPU loads on a machine without CUDA: tensors are mapped to
+the CPU, the detectors' fitted device (``device_``, ``net_.device``) becomes
+``"cpu"``, and the random generators used for training are re-created on the
+CPU from their seeds.
+"""
+
+import datetime
+import hashlib
+import io
+import json
+import os
+import pickle
+import platform
+import re
+import types
+import warnings
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "ModelVersionWarning",
+    "load",
+    "read_header",
+    "save",
+]
+
+#: Version of the file layout written by :func:`save`.
+FORMAT_VERSION = 1
+
+_MAGIC = b"skad-model"
+_MAX_HEADER_BYTES = 1 << 16
+_PICKLE_PROTOCOL = 5
+
+
+class ModelFileError(ValueError):
+    """A model file that :func:`load` refuses, cannot read, or cannot trust."""
+
+
+class ModelVersionWarning(UserWarning):
+    """A model file written with other versions of skad or its dependencies."""
+
+
+# ----------------------------------------------------------------------- versions
+
+
+def _versions():
+    import numpy
+    import sklearn
+    import skorch
+    import torch
+
+    from . import __version__
+
+    return {
+        "skad": __version__,
+        "torch": torch.__version__,
+        "sklearn": sklearn.__version__,
+        "skorch": skorch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _major_minor(version):
+    match = re.match(r"(\d+)\.(\d+)", str(version))
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+# ------------------------------------------------------- devices and generators
+
+
+def _walk(root):
+    """Yield ``(container, key, value)`` for every slot reachable from ``root``.
+
+    Follows instance ``__dict__``, dicts, lists, tuples and sets; does not go
+    into tensors, arrays, classes, functions or modules. ``container`` is a
+    dict or list that can be assigned to, or None (tuples and sets).
+    """
+    import numpy as np
+    import torch
+
+    leaves = (str, bytes, bytearray, int, float, complex, bool, type(None), type,
+              torch.Tensor, np.ndarray, np.generic, torch.dtype, torch.device)
+    stack, seen = [root], set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            container, items = obj, list(obj.items())
+        elif isinstance(obj, list):
+            container, items = obj, list(enumerate(obj))
+        elif isinstance(obj, (tuple, set, frozenset)):
+            container, items = None, list(enumerate(obj))
+        elif isinstance(getattr(obj, "__dict__", None), dict) and not isinstance(obj, _OPAQUE):
+            container, items = vars(obj), list(vars(obj).items())
+        else:
+            continue
+        for key, value in items:
+            yield container, key, value
+            if not isinstance(value, leaves) and not _is_foreign(value):
+                stack.append(value)
+
+
+_OPAQUE = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+           types.ModuleType)
+
+
+def _is_foreign(value):
+    # pandas objects and the like: nothing of ours inside, and big internals
+    module = type(value).__module__ or ""
+    return module.startswith(("pandas", "numpy", "scipy"))
+
+
+class _PortableGenerator:
+    """Pickles a device-bound ``torch.Generator`` so that it loads without that device."""
+
+    def __init__(self, generator):
+        self.device = str(generator.device)
+        self.seed = int(generator.initial_seed())
+        self.state = bytes(generator.get_state().numpy().tobytes())
+
+    def __reduce__(self):
+        return _restore_generator, (self.device, self.seed, self.state)
+
+
+def _restore_generator(device, seed, state):
+    """Re-create a pickled generator; on the CPU, from its seed, if ``device`` is missing."""
+    import torch
+
+    if _device_available(device):
+        generator = torch.Generator(device=device)
+        generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+        return generator
+    return torch.Generator().manual_seed(seed)
+
+
+def _device_available(device):
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    accelerator = getattr(torch, "accelerator", None)
+    return bool(accelerator is not None and accelerator.is_available()
+                and accelerator.current_accelerator().type == device.type)
+
+
+class _portable_generators:
+    """Context manager: device generators in ``obj`` pickle as :class:`_PortableGenerator`.
+
+    skorch pickles the net's modules and criterion with a plain pickler of its
+    own, so the generators are swapped in place for the duration of the dump
+    (and always restored), rather than through a hook of our pickler.
+    """
+
+    def __init__(self, obj):
+        self.obj = obj
+        self.swapped = []
+
+    def __enter__(self):
+        import torch
+
+        for container, key, value in _walk(self.obj):
+            if (container is not None and isinstance(value, torch.Generator)
+                    and value.device.type != "cpu"):
+                self.swapped.append((container, key, value))
+        for container, key, value in self.swapped:
+            container[key] = _PortableGenerator(value)
+        return self
+
+    def __exit__(self, *exc):
+        for container, key, value in reversed(self.swapped):
+            container[key] = value
+        return False
+
+
+def _fitted_devices(obj):
+    """Fitted skad detectors reachable from ``obj``, with their ``device_``."""
+    from .base import BaseDetector
+
+    found = [obj] if isinstance(obj, BaseDetector) else []
+    found += [v for _, _, v in _walk(obj) if isinstance(v, BaseDetector)]
+    unique = {id(d): d for d in found if hasattr(d, "device_")}
+    return list(unique.values())
+
+
+class _Unpickler(pickle.Unpickler):
+    """Maps tensors to the CPU where their device is missing."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return _load_storage
+        return super().find_class(module, name)
+
+
+def _load_storage(data):
+    import torch
+
+    # torch's own _load_from_bytes keeps the saved device, which fails without CUDA
+    location = None if torch.cuda.is_available() else "cpu"
+    return torch.load(io.BytesIO(data), map_location=location, weights_only=True)
+
+
+# ------------------------------------------------------------------------- save
+
+
+def save(detector, path, *, metadata=None):
+    """Save a fitted (or unfitted) estimator to ``path``.
+
+    Writes a skad model file: a metadata header (class, versions of skad,
+    torch, scikit-learn, skorch, numpy and Python, fitted device, payload
+    checksum, ``metadata``) followed by the pickled estimator. Read it back
+    with :func:`load`; read only the header with :func:`read_header`.
+
+    Parameters
+    ----------
+    detector : estimator
+        A scikit-learn estimator, typically a skad detector or a
+        :class:`~sklearn.pipeline.Pipeline` ending in one.
+    path : str or path-like
+        Destination file; its folder must exist. The extension is free
+        (``.skad`` is a good choice).
+    metadata : dict or None, default=None
+        JSON-serialisable information to keep in the header (for example the
+        training data's location).
+
+    Returns
+    -------
+    path : str
+        The path written.
+
+    See Also
+    --------
+    load : Load the estimator back.
+
+    Examples
+    --------
+    >>> from skad import AdaptiveDeviationDetector
+    >>> from skad.persistence import save, load
+    >>> det = AdaptiveDeviationDetector().fit(X, y)  # doctest: +SKIP
+    >>> save(det, "model.skad")  # doctest: +SKIP
+    'model.skad'
+    >>> load("model.skad").predict(X_new)  # doctest: +SKIP
+    """
+    from sklearn.base import BaseEstimator
+
+    if not isinstance(detector, BaseEstimator):
+        raise TypeError(
+            f"save expects a scikit-learn estimator such as a skad detector; got "
+            f"{type(detector).__name__}. Use joblib.dump for other objects."
+        )
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"cannot save to {path!r}: folder {folder!r} does not exist; create it first."
+        )
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict or None; got {type(metadata).__name__}.")
+    with _portable_generators(detector):
+        payload = pickle.dumps(detector, protocol=_PICKLE_PROTOCOL)
+    devices = sorted({str(d.device_) for d in _fitted_devices(detector)})
+    header = {
+        "format": FORMAT_VERSION,
+        "class": f"{type(detector).__module__}.{type(detector).__qualname__}",
+        "versions": _versions(),
+        "devices": devices,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "payload_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "metadata": metadata or {},
+    }
+    try:
+        header_line = json.dumps(header, sort_keys=True).encode("utf-8")
+    except TypeError as exc:
+        raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
+    _write_file(path, header_line, payload)
+    return path
+
+
+def _write_file(path, header_line, payload):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(_MAGIC + b" " + str(FORMAT_VERSION).encode() + b"\n")
+            handle.write(header_line + b"\n")
+            handle.write(payload)
+        os.replace(tmp, path)  # never leave a half-written model under the final name
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ------------------------------------------------------------------------- load
+
+
+def _read(path):
+    """``(header, payload offset)``; header is None for a file without skad's magic line."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file {path!r} does not exist; check the path.")
+    with open(path, "rb") as handle:
+        first = handle.readline(64)
+        if not first.startswith(_MAGIC + b" "):
+            return None, 0
+        try:
+            file_format = int(first[len(_MAGIC) + 1:].strip())
+        except ValueError:
+            raise ModelFileError(f"{path!r} has a damaged skad header line {first!r}.") from None
+        if file_format > FORMAT_VERSION:
+            raise ModelFileError(
+                f"{path!r} uses skad model format {file_format}, newer than this skad "
+                f"understands ({FORMAT_VERSION}); upgrade skad (pip install -U skad)."
+            )
+        line = handle.readline(_MAX_HEADER_BYTES)
+        try:
+            header = json.loads(line.decode("utf-8"))
+            if not isinstance(header, dict):
+                raise ValueError
+        except ValueError:
+            raise ModelFileError(
+                f"{path!r} has a damaged skad metadata header; the file is corrupted."
+            ) from None
+        return header, handle.tell()
+
+
+def read_header(path):
+    """Read a skad model file's metadata without unpickling anything.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A file written by :func:`save`.
+
+    Returns
+    -------
+    header : dict
+        ``format``, ``class``, ``versions`` (skad, torch, sklearn, skorch,
+        numpy, python), ``devices`` (where the detectors were fitted),
+        ``created``, ``payload_bytes``, ``payload_sha256`` and ``metadata``.
+
+    Raises
+    ------
+    ModelFileError
+        If the file was not written by :func:`save`.
+    """
+    header, _ = _read(path)
+    if header is None:
+        raise ModelFileError(
+            f"{os.fspath(path)!r} is not a skad model file (written by skad.persistence.save)."
+        )
+    return header
+
+
+def _check_versions(header, path, trusted):
+    saved = header.get("versions") or {}
+    current = _versions()
+    skad_saved = saved.get("skad")
+    if _major_minor(skad_saved) != _major_minor(current["skad"]):
+        message = (
+            f"{path!r} was written by skad {skad_saved}, which is not compatible with skad "
+            f"{current['skad']} (a different major.minor version): the saved detector may not "
+            f"work or load here. Refit it with this version, or install skad=={skad_saved}"
+        )
+        if not trusted:
+            raise ModelFileError(message + "; pass trusted=True (--trusted) to load it anyway.")
+        warnings.warn(message + ".", ModelVersionWarning, stacklevel=3)
+        return
+    drift = [f"{name} {saved[name]} (now {current[name]})"
+             for name in ("skad", "torch", "sklearn", "skorch")
+             if name in saved and saved[name] != current[name]]
+    if drift:
+        warnings.warn(
+            f"{path!r} was written with " + ", ".join(drift) + "; it usually works, but "
+            "check its scores, or refit and save it again with these versions.",
+            ModelVersionWarning, stacklevel=3,
+        )
+
+
+def load(path, *, trusted=False):
+    """Load an estimator saved by :func:`save`.
+
+    Loading unpickles the file, which runs code chosen by whoever wrote it:
+    only load files from sources you trust. With ``trusted=False`` the file
+    is checked before anything is unpickled and refused (:class:`ModelFileError`)
+    if it was not written by :func:`save`, if its payload does not match the
+    recorded checksum, or if it was written by an incompatible skad version
+    (another ``major.minor``). Other version drift (skad patch releases,
+    torch, scikit-learn, skorch) gives a :class:`ModelVersionWarning`. These
+    checks catch wrong or damaged files, not a malicious file made to pass
+    them.
+
+    A model fitted on a GPU loads on a machine without CUDA: it is mapped to
+    the CPU (``device_ == "cpu"``) with a warning; pass ``device="cpu"`` to
+    ``set_params`` before refitting it there.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A file written by :func:`save`.
+    trusted : bool, default=False
+        Skip the refusals: load files from other skad versions or with a
+        checksum mismatch (with a warning), and files without skad's header
+        (plain pickle or joblib files, read with :func:`joblib.load`).
+
+    Returns
+    -------
+    estimator : object
+        The saved estimator.
+
+    Raises
+    ------
+    ModelFileError
+        If ``trusted=False`` and the file cannot be trusted, or if it is not
+        a model file skad can read.
+    FileNotFoundError
+        If ``path`` does not exist.
+
+    See Also
+    --------
+    save : Save an estimator.
+    read_header : Read the metadata only.
+    """
+    path = os.fspath(path)
+    header, offset = _read(path)
+    if header is None:
+        if not trusted:
+            raise ModelFileError(
+                f"{path!r} is not a skad model file (it does not start with skad's header, "
+                "so it was not written by skad.persistence.save). Loading it would unpickle "
+                "arbitrary code; if you trust its source, pass trusted=True (--trusted)."
+            )
+        import joblib
+
+        return joblib.load(path)
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        payload = handle.read()
+    _check_payload(header, payload, path, trusted)
+    _check_versions(header, path, trusted)
+    estimator = _unpickle(payload)
+    expected = header.get("class")
+    actual = f"{type(estimator).__module__}.{type(estimator).__qualname__}"
+    if expected != actual and not trusted:
+        raise ModelFileError(
+            f"{path!r} declares a {expected} but holds a {actual}; the file was altered. "
+            "Pass trusted=True to use it anyway."
+        )
+    return estimator
+
+
+def _check_payload(header, payload, path, trusted):
+    problems = []
+    if header.get("payload_bytes") != len(payload):
+        problems.append(f"{len(payload)} payload bytes instead of {header.get('payload_bytes')}"
+                        " (truncated?)")
+    elif header.get("payload_sha256") != hashlib.sha256(payload).hexdigest():
+        problems.append("a payload checksum that does not match its header")
+    if not problems:
+        return
+    message = f"{path!r} has " + "; ".join(problems) + ": the file is damaged or was altered"
+    if not trusted:
+        raise ModelFileError(message + ". Save the model again, or pass trusted=True.")
+    warnings.warn(message + ".", ModelVersionWarning, stacklevel=3)
+
+
+def _unpickle(payload):
+    import torch
+    from skorch.exceptions import DeviceWarning
+
+    with warnings.catch_warnings():
+        # skorch warns once per net; one warning below says it for the whole model
+        warnings.simplefilter("ignore", DeviceWarning)
+        estimator = _Unpickler(io.BytesIO(payload)).load()
+    moved = []
+    for det in _fitted_devices(estimator):
+        if not _device_available(str(det.device_)):
+            moved.append(str(det.device_))
+            det.device_ = "cpu"
+            det.net_.device = "cpu"
+        elif isinstance(det.net_.device, torch.device):
+            det.net_.device = str(det.net_.device)
+    if moved:
+        warnings.warn(
+            f"the model was fitted on {sorted(set(moved))} which is not available here; it was "
+            "loaded on the CPU. To refit it here, first call set_params(device='cpu').",
+            UserWarning, stacklevel=3,
+        )
+    return estimator
