@@ -18,6 +18,7 @@ _LAZY = {
     "AdaptiveDeviationDetector": "skad.detectors",
     "ContaminationInjector": "skad.preprocessing",
     "DeviationNetworkDetector": "skad.detectors",
+    "MultiCueDetector": "skad.detectors",
 }
 
 __all__ = sorted([*_LAZY, "__version__"])

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["ImageInput", "is_tabular", "check_labels", "ImageBatchDataset"]
+__all__ = ["ImageInput", "is_tabular", "check_labels", "check_masks", "ImageBatchDataset"]
 
 
 def is_tabular(X):
@@ -263,6 +263,61 @@ def _codes_message(codes):
     )
 
 
+def check_masks(masks, images, target):
+    """Validate the defect masks of the labelled anomalies.
+
+    Parameters
+    ----------
+    masks : array-like of shape (n_samples, H, W)
+        Binary masks (bool or 0/1), 1 = anomalous pixel. Only the rows of the
+        labelled anomalies (``target == 1``) are used and checked; the others
+        may hold anything of the right shape (e.g. empty masks).
+    images : ImageInput
+        The validated images; array images fix ``(H, W)``, image paths accept
+        any ``(H, W)`` (masks are resized to the network's input like images).
+    target : ndarray of shape (n_samples,)
+        Internal targets, 1 = labelled anomaly.
+
+    Returns
+    -------
+    rows : ndarray of shape (k,), dtype int64
+        Indices of the labelled anomalies.
+    masks : ndarray of shape (k, H, W), dtype bool
+        Their masks.
+    """
+    if not isinstance(images, ImageInput):
+        raise ValueError(
+            "masks are defect masks of images; this detector was given tabular data. Pass "
+            "images (n, H, W[, C]) or image paths, or masks=None."
+        )
+    masks = np.asarray(masks)
+    n = len(images)
+    if masks.ndim != 3 or masks.shape[0] != n:
+        raise ValueError(
+            f"masks must have shape (n_samples, H, W) = ({n}, H, W), one mask per image of X; "
+            f"got shape {masks.shape}. Squeeze a channel axis with masks[..., 0] or "
+            "masks[:, 0]."
+        )
+    shape = images.spatial_shape
+    if shape is not None and masks.shape[1:] != shape:
+        raise ValueError(
+            f"masks have size {masks.shape[1:]} but the images of X are {shape}; pass masks "
+            "at the images' resolution."
+        )
+    rows = np.flatnonzero(np.asarray(target) == 1)
+    used = masks[rows]
+    if used.dtype.kind not in "biuf":
+        raise ValueError(f"masks have dtype {masks.dtype}; pass bool or 0/1 masks.")
+    values = np.unique(used)
+    if used.dtype.kind != "b" and not set(values.tolist()) <= {0, 1}:
+        raise ValueError(
+            f"masks must be binary (bool or 0/1); the labelled anomalies' masks hold values "
+            f"{values[:6].tolist()}{'...' if len(values) > 6 else ''}. For 0/255 images pass "
+            "masks > 0."
+        )
+    return rows, used.astype(bool)
+
+
 class ImageBatchDataset(torch.utils.data.Dataset):
     """A map-style dataset that loads whole batches at once.
 
@@ -278,12 +333,27 @@ class ImageBatchDataset(torch.utils.data.Dataset):
         Internal targets.
     image_size : int or None
         Square side for images.
+    masks : tuple (rows, masks) or None
+        Masks of some images, as returned by :func:`check_masks`; they are
+        resized once to ``image_size`` (antialiased, so edges become soft) and
+        training batches then return ``(X, (target, masks))`` with masks
+        ``(b, 1, S, S)``, zero for the other images.
     """
 
-    def __init__(self, source, target, image_size=None):
+    def __init__(self, source, target, image_size=None, masks=None):
         self.source = source
         self.target = torch.as_tensor(np.asarray(target), dtype=torch.float32)
         self.image_size = image_size
+        self.masks = None
+        if masks is not None:
+            rows, stack = masks
+            stack = torch.from_numpy(np.ascontiguousarray(stack)).float()[:, None]
+            if image_size is not None and tuple(stack.shape[-2:]) != (image_size, image_size):
+                stack = F.interpolate(stack, size=(image_size, image_size), mode="bilinear",
+                                      antialias=True, align_corners=False).clamp_(0.0, 1.0)
+            lookup = np.full(len(self.target), -1, dtype=np.int64)
+            lookup[np.asarray(rows, dtype=np.int64)] = np.arange(len(rows))
+            self.masks = (lookup, stack)
 
     def __len__(self):
         return len(self.target)
@@ -293,7 +363,8 @@ class ImageBatchDataset(torch.utils.data.Dataset):
         return X[0], y[0]
 
     def __getitems__(self, items):
-        if len(items) and not isinstance(items[0], (Integral, np.integer)):
+        training = len(items) and not isinstance(items[0], (Integral, np.integer))
+        if training:
             index = [int(i) for i, _ in items]
             target = torch.tensor([float(t) for _, t in items])
         else:
@@ -301,7 +372,19 @@ class ImageBatchDataset(torch.utils.data.Dataset):
             target = self.target[index]
         if isinstance(self.source, torch.Tensor):
             return self.source[index], target
-        return self.source.load(index, self.image_size), target
+        X = self.source.load(index, self.image_size)
+        if training and self.masks is not None:
+            return X, (target, self._masks(index, X.shape[-2:]))
+        return X, target
+
+    def _masks(self, index, size):
+        lookup, stack = self.masks
+        pos = torch.from_numpy(lookup[np.asarray(index, dtype=np.int64)])
+        masks = torch.zeros((len(index), 1, *size))
+        has = pos >= 0
+        if bool(has.any()):
+            masks[has] = stack[pos[has]]
+        return masks
 
 
 def collate_batch(batch):

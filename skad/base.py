@@ -26,10 +26,17 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from ._images import ImageBatchDataset, ImageInput, check_labels, collate_batch, is_tabular
+from ._images import (
+    ImageBatchDataset,
+    ImageInput,
+    check_labels,
+    check_masks,
+    collate_batch,
+    is_tabular,
+)
 from ._net import SkadNet, balanced_loader
 from .nn.backbones import IMAGENET_MEAN, IMAGENET_STD, create_feature_extractor
-from .nn.saliency import input_gradient_saliency
+from .nn.saliency import gradient_saliency
 
 __all__ = ["BaseDetector"]
 
@@ -39,8 +46,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     Subclasses define ``__init__`` (keyword-only, storing parameters) and
     implement :meth:`_build_module`, :meth:`_build_criterion` and optionally
-    :meth:`_build_batch_transform`, :meth:`_auto_offset` and
-    :meth:`_localize_batch`.
+    :meth:`_build_batch_transform`, :meth:`_sampler_params`, :meth:`_auto_offset`
+    and the localisation hooks (:meth:`_localize_batch`, or the gradient
+    saliency's :meth:`_saliency_cues` and :meth:`_saliency_layer`).
 
     Parameters
     ----------
@@ -102,6 +110,13 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """Extra keyword arguments for :class:`skad._net.SkadNet`."""
         return {}
 
+    def _sampler_params(self, target):
+        """``iterator_train__*`` arguments that depend on the internal targets (1 = anomaly).
+
+        Merged over :meth:`_net_params`.
+        """
+        return {}
+
     def _default_callbacks(self):
         """Callbacks the method always uses, as ``(name, callback)`` pairs."""
         return []
@@ -110,15 +125,29 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """``offset_`` for ``contamination="auto"``."""
         return -0.5
 
+    #: Gaussian smoothing of the gradient saliency maps, in pixels at 256 px input.
+    _saliency_sigma = 4.0
+
+    def _saliency_cues(self, images):
+        """Differentiable cues ``(B,)`` or ``(B, K)`` whose gradients make the saliency maps.
+
+        Default: the network's image score (its first output for multi-head modules).
+        """
+        out = self.net_.module_(images)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def _saliency_layer(self):
+        """Module whose activation gradients join the input gradient, or None (input only)."""
+        return None
+
     def _localize_batch(self, x):
-        """Anomaly maps ``(B, S, S)`` for a batch of images ``(B, 3, S, S)``."""
-        module = self.net_.module_
+        """Anomaly maps ``(B, S, S)`` for a batch of images ``(B, 3, S, S)``.
 
-        def score(images):
-            out = module(images)
-            return out[0] if isinstance(out, (tuple, list)) else out
-
-        return input_gradient_saliency(score, x, sigma=4.0 * x.shape[-1] / 256)
+        Default: :func:`skad.nn.saliency.gradient_saliency` of
+        :meth:`_saliency_cues`, with :meth:`_saliency_layer`'s activation.
+        """
+        return gradient_saliency(self._saliency_cues, x, layer=self._saliency_layer(),
+                                 sigma=self._saliency_sigma * x.shape[-1] / 256)
 
     # ---------------------------------------------------------------- helpers
     def _resolve_device(self):
@@ -171,9 +200,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             del self.n_features_in_
         return ImageInput(X)
 
-    def _dataset(self, data, target):
+    def _dataset(self, data, target, masks=None):
         size = None if isinstance(data, torch.Tensor) else self.image_size
-        return ImageBatchDataset(data, target, image_size=size)
+        return ImageBatchDataset(data, target, image_size=size, masks=masks)
 
     def _anomaly_scores(self, data):
         dataset = self._dataset(data, np.zeros(len(data)))
@@ -204,8 +233,14 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self : object
             Fitted detector.
         """
+        return self._fit(X, y)
+
+    def _fit(self, X, y=None, masks=None):
+        """``fit``'s work; ``masks`` (n, H, W) of the labelled anomalies reach the batch hook."""
         data = self._check_input(X, reset=True)
         target = check_labels(y, len(data))
+        if masks is not None:
+            masks = check_masks(masks, data, target)
         device = self._resolve_device()
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         sampler_rng = torch.Generator().manual_seed(seed + 1)
@@ -237,9 +272,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                 callbacks=callbacks,
                 verbose=int(self.verbose),
                 device=device,
-                **self._net_params(),
+                **{**self._net_params(), **self._sampler_params(target)},
             )
-            net.fit(self._dataset(data, target), y=None)
+            net.fit(self._dataset(data, target, masks), y=None)
         self.net_ = net
         self.device_ = device
         if self.contamination == "auto":

@@ -29,6 +29,7 @@ __all__ = ["DETECTORS", "build_parser", "main"]
 DETECTORS = {
     "adl": "skad.detectors:AdaptiveDeviationDetector",
     "devnet": "skad.detectors:DeviationNetworkDetector",
+    "multicue": "skad.detectors:MultiCueDetector",
 }
 
 #: Command-line options that map onto detector parameters.

@@ -17,7 +17,11 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skad import AdaptiveDeviationDetector, DeviationNetworkDetector
+from skad import (
+    AdaptiveDeviationDetector,
+    DeviationNetworkDetector,
+    MultiCueDetector,
+)
 
 TINY = dict(
     backbone="test_efficientnet", pretrained=False, image_size=32, max_epochs=1,
@@ -27,6 +31,8 @@ TINY = dict(
 DETECTORS = {
     "DeviationNetworkDetector": lambda **kw: DeviationNetworkDetector(**{**TINY, **kw}),
     "AdaptiveDeviationDetector": lambda **kw: AdaptiveDeviationDetector(
+        **{**TINY, "fuse_channels": 8, "n_reference": 500, **kw}),
+    "MultiCueDetector": lambda **kw: MultiCueDetector(
         **{**TINY, "fuse_channels": 8, "n_reference": 500, **kw}),
 }
 

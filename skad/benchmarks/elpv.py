@@ -112,6 +112,41 @@ ADL_ABLATIONS = [f"ADL {v}" for v in ("DL", "Wt-DL", "DL-CE", "SoftDL-CE", "Wt-S
                                       "full")]
 
 
+def _multicue(seed, args):
+    from skad import MultiCueDetector
+
+    return MultiCueDetector(
+        image_size=args.image_size, max_epochs=args.epochs, steps_per_epoch=args.steps,
+        batch_size=args.batch_size, lr=args.lr, random_state=seed, device=args.device,
+    )
+
+
+def _multicue_rows(est, X_test):
+    """One fit, four rows: the fused score and each squashed cue alone."""
+    cues = est.cue_scores(X_test)
+    return {"MultiCue": cues["fused"].to_numpy(),
+            **{f"MultiCue {cue} cue": cues[cue].to_numpy()
+               for cue in ("deviation", "uncertainty", "segmentation")}}
+
+
+register("MultiCue", _multicue, _multicue_rows)
+
+
+def _frozen(cls_name, **params):
+    """Training-free detectors (PatchCore, PaDiM) at the benchmark's image size."""
+    def build(seed, args):
+        import skad
+
+        return getattr(skad, cls_name)(image_size=args.image_size, random_state=seed,
+                                       device=args.device, **params)
+    return build
+
+
+register("PatchCore", _frozen("PatchCoreDetector"))
+register("PatchCore pruned", _frozen("PatchCoreDetector", prune_with_labels=True))
+register("PaDiM", _frozen("PaDiMDetector"))
+
+
 def resize_all(images, size, batch=256):
     """uint8 (n, H, W) -> uint8 (n, size, size), antialiased, once."""
     out = []

@@ -2,5 +2,10 @@
 
 from ._adl import AdaptiveDeviationDetector
 from ._devnet import DeviationNetworkDetector
+from ._multicue import MultiCueDetector
 
-__all__ = ["AdaptiveDeviationDetector", "DeviationNetworkDetector"]
+__all__ = [
+    "AdaptiveDeviationDetector",
+    "DeviationNetworkDetector",
+    "MultiCueDetector",
+]

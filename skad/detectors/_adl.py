@@ -53,6 +53,8 @@ class ADLLoss(nn.Module):
         self.segmentation_loss = segmentation_loss
         self.kmeans_prob = kmeans_prob
         self.generator = generator
+        # deviation scores -> labels in [0, 1] for the BCE target (Multi-Cue swaps in soft ones)
+        self.pseudo_labels = two_means_labels
         self.progress = 0.0
 
     def _weights(self, losses, burnt_in):
@@ -78,7 +80,7 @@ class ADLLoss(nn.Module):
             bce_target = target
             draw = torch.rand((), generator=self.generator, device=self.generator.device)
             if burnt_in and float(draw) < self.kmeans_prob:
-                bce_target = torch.maximum(target, two_means_labels(deviation))
+                bce_target = torch.maximum(target, self.pseudo_labels(deviation))
             l_bce = F.binary_cross_entropy_with_logits(logit, bce_target, reduction="none")
             loss = loss + (self._weights(l_bce, burnt_in) * l_bce).sum()
         if self.segmentation_loss and bool(seg_valid.any()):

@@ -1,0 +1,421 @@
+"""MultiCueDetector: adaptive deviation learning with multi-cue scoring and gradient maps."""
+
+import math
+from numbers import Real
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ..nn.heads import topk_mean
+from ._adl import AdaptiveDeviationDetector
+
+__all__ = ["CUES", "MultiCueDetector"]
+
+#: Names of the cues, in the order of ``cue_weights`` and of :meth:`MultiCueDetector.cue_scores`.
+CUES = ("deviation", "uncertainty", "segmentation")
+
+# Constants of ALGORITHMS.md section 3 (the authors' code).
+_LABELLED_COPIES = 0.2  # labelled anomalies count as floor(0.2 * n_unlabelled) copies
+_SEG_TOP_K = 0.1  # segmentation cue: mean of the top 10% pixels of the anomaly map
+_PROB_EPS = 1e-6  # p is clamped to [eps, 1 - eps] in the entropy
+_FUSE_EPS = 1e-6  # added to each squashed cue before its logarithm
+_E_MAX = math.log1p(math.log(2.0))  # ln(1 + H_max), H_max = ln 2 nats
+#: (c, D) of the squash phi(x; c, D) per cue; the cue values fed to it are
+#: s, ln(1 + H(p)) and sqrt(g).
+_SQUASH = ((0.05, 1.0), (_E_MAX / 10.0, _E_MAX), (0.05, 1.0))
+
+
+def _soft_anomaly_labels(deviation):
+    """Multi-Cue's soft BCE targets ``u = 0.95 * sigmoid(5 * (minmax(s) - 0.5))`` of a batch.
+
+    ``minmax`` rescales the batch's (detached) deviation scores to [0, 1]; a
+    constant batch maps to 0. Replaces ADL's 2-means labels: the BCE target
+    is then ``max(y, u) = min(1, y + u)`` for hard labels ``y``.
+    """
+    s = deviation.detach().reshape(-1)
+    lo, hi = s.min(), s.max()
+    scaled = (s - lo) / (hi - lo).clamp_min(1e-12)
+    return 0.95 * torch.sigmoid(5.0 * (scaled - 0.5))
+
+
+def _binary_entropy(prob):
+    """Binary entropy in nats, ``p`` clamped to ``[1e-6, 1 - 1e-6]``."""
+    p = prob.clamp(_PROB_EPS, 1.0 - _PROB_EPS)
+    return -(p * torch.log(p) + (1.0 - p) * torch.log1p(-p))
+
+
+def _raw_cues(outputs):
+    """``(B, 3)`` raw cues of ADL's outputs: deviation s, entropy H(p), segmentation g.
+
+    ``g`` is the mean of the top 10% pixels of the anomaly probability map
+    ``sigmoid(seg_logit)``. Differentiable (the localisation's cues).
+    """
+    deviation, class_logit, seg_logit = outputs
+    entropy = _binary_entropy(torch.sigmoid(class_logit))
+    seg = topk_mean(torch.sigmoid(seg_logit), _SEG_TOP_K)
+    return torch.stack([deviation, entropy, seg], dim=1)
+
+
+def _squash(x, c, d):
+    """``phi(x; c, D) = ln(1 + min(x, D) / c) / ln(1 + D / c)``: [0, inf) -> [0, 1], monotone."""
+    return torch.log1p(x.clamp(0.0, d) / c) / math.log1p(d / c)
+
+
+def _squashed_cues(raw):
+    """``(B, 3)`` squashed cues from raw ``(s, H, g)``: phi(s), phi(ln(1 + H)), phi(sqrt(g))."""
+    s, h, g = raw.unbind(dim=1)
+    values = (s, torch.log1p(h), g.clamp_min(0.0).sqrt())
+    return torch.stack([_squash(v, c, d) for v, (c, d) in zip(values, _SQUASH)], dim=1)
+
+
+def _fuse(squashed, weights):
+    """Weighted geometric mean ``exp(sum_k w_k ln(S_k + 1e-6) / sum_k w_k)`` per row."""
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float64), dtype=squashed.dtype)
+    return torch.exp((torch.log(squashed + _FUSE_EPS) * w).sum(dim=1) / w.sum())
+
+
+def _check_cue_weights(cue_weights):
+    """The three weights as a float array summing to 1, or a ValueError saying what to pass."""
+    message = (
+        "The 'cue_weights' parameter of MultiCueDetector must be three non-negative weights "
+        "(deviation, uncertainty, segmentation) with a positive sum, e.g. (0.55, 0.10, 0.35). "
+        f"Got {cue_weights!r} instead."
+    )
+    try:
+        w = np.asarray(cue_weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
+    if w.shape != (3,) or not np.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
+        raise ValueError(message)
+    return w / w.sum()
+
+
+class LabelledAnomalyMasks:
+    """Training-batch hook around ADL's: labelled anomalies train the mask head on their masks.
+
+    The dataset yields ``(codes, masks)`` when ``fit`` got masks; the wrapped
+    hook (:class:`~skad.detectors._adl.PerlinPseudoAnomalies`) makes the
+    pseudo-anomalies and returns ``(target, masks, seg_valid)``; the labelled
+    anomalies' rows then get their own masks and join the segmentation loss.
+    Without masks the wrapped hook's output is returned unchanged (labelled
+    anomalies stay out of the segmentation loss, as in ADL).
+
+    Parameters
+    ----------
+    transform : callable
+        ADL's batch hook ``(X, codes) -> (X, (target, masks, seg_valid))``.
+    """
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, X, y):
+        if not isinstance(y, (list, tuple)):
+            return self.transform(X, y)
+        codes, label_masks = y
+        X, (target, masks, seg_valid) = self.transform(X, codes)
+        labelled = codes == 1
+        masks = torch.where(labelled[:, None, None, None], label_masks.to(masks), masks)
+        return X, (target, masks, seg_valid | labelled)
+
+
+class MultiCueDetector(AdaptiveDeviationDetector):
+    """Multi-cue anomaly detection: ADL's network and training, three fused cues, gradient maps.
+
+    The network and training are :class:`AdaptiveDeviationDetector`'s (soft
+    deviation loss, instance reweighting, Perlin pseudo-anomalies,
+    segmentation head) with three changes:
+
+    - labelled anomalies (``y == -1``) are oversampled: they count as
+      ``floor(0.2 * n_unlabelled)`` copies next to one pseudo-anomaly per
+      unlabelled image, so they fill that share of the anomaly half of each
+      batch (at least one slot);
+    - with ``fit(X, y, masks=...)`` their defect masks train the segmentation
+      head; without masks they stay out of the segmentation loss, as in ADL;
+    - after burn-in the classification head's BCE target is, with probability
+      ``kmeans_prob`` per batch, the soft target ``min(1, y + u)`` with
+      ``u = 0.95 * sigmoid(5 * (minmax(s) - 0.5))`` of the batch's deviation
+      scores, instead of ADL's 2-means labels.
+
+    Scoring combines three cues of one forward pass: the deviation score
+    ``s``, the uncertainty ``e = ln(1 + H(p))`` of the classification head's
+    probability ``p`` (``H`` the binary entropy) and the segmentation cue
+    ``g``, mean of the top 10% pixels of the anomaly probability map. Each is
+    squashed to [0, 1] by ``phi(x; c, D) = ln(1 + min(x, D) / c) / ln(1 + D / c)``:
+    ``phi(s; 0.05, 1)``, ``phi(e; E_max / 10, E_max)`` with
+    ``E_max = ln(1 + ln 2)``, and ``phi(sqrt(g); 0.05, 1)``; the fused score
+    is their weighted geometric mean
+    ``A = exp(sum_k w_k ln(S_k + 1e-6) / sum_k w_k)`` and
+    ``score_samples = -A``. :meth:`cue_scores` returns every cue.
+
+    :meth:`localize` (``localization="saliency"``) returns gradient maps: the
+    channel sum of ``|d(s + H + g) / d input|`` and, per cue, the channel mean
+    of ``|d cue / d A|`` for the activation ``A`` of the last feature level the
+    network uses (upsampled); each of the four maps is normalised (minimum to
+    0, 99th percentile to 1, clipped), they are averaged and smoothed by a
+    Gaussian of ``8 * image_size / 256`` pixels.
+
+    Parameters
+    ----------
+    cue_weights : array-like of 3 floats, default=(0.55, 0.10, 0.35)
+        Weights of the deviation, uncertainty and segmentation cues in the
+        fused score; non-negative with a positive sum (only their ratios
+        matter). ``(1, 0, 0)`` scores by the deviation cue alone.
+    backbone : str or torch.nn.Module, default="efficientnet_lite0"
+        timm name or module; three feature levels are used.
+    pretrained : bool or path-like, default=True
+        Offline ImageNet weights, random initialisation, or a weights file.
+    image_size : int, default=256
+        Images are resized to ``image_size x image_size``.
+    out_indices : tuple of int, default=(2, 3, 4)
+        The backbone's three feature levels; the last one is the activation
+        differentiated by :meth:`localize`.
+    fuse_channels : int or None, default=64
+        Channels of the upsampled levels 2 and 3 before fusion (``None``
+        keeps them all, as the authors' code).
+    gamma : float, default=5.0
+        Deviation-loss margin.
+    lam : float, default=0.1
+        Lagrange multiplier of the instance reweighting.
+    alpha : float, default=0.1
+        Alpha of the alpha-divergence.
+    divergence : {"alpha", "kl", "reverse_kl"} or None, default="alpha"
+        Instance-reweighting divergence; ``None`` turns reweighting off.
+    top_k : float, default=0.1
+        Fraction of the fused map's cells averaged into the deviation score.
+    n_reference : int, default=5000
+        Reference draws of the deviation loss.
+    burn_in : float in [0, 1), default=0.06
+        Fraction of training iterations with uniform weights and hard labels.
+    soft_labels : bool, default=True
+        Soft deviation loss with the classification head's probabilities.
+    classification_loss : bool, default=True
+        Train the classification head (the uncertainty cue needs it trained).
+    segmentation_loss : bool, default=True
+        Train the segmentation head (the segmentation cue needs it trained).
+    kmeans_prob : float in [0, 1], default=0.6
+        After burn-in, probability per batch of using the soft target
+        ``min(1, y + u)`` as BCE target (ADL's name, where the target is
+        2-means labels).
+    pseudo_fraction : "auto" or float in [0, 1], default="auto"
+        Share of the anomaly half given to pseudo-anomalies when anomalies
+        are labelled. ``"auto"`` gives the labelled anomalies the share of
+        ``floor(0.2 * n_unlabelled)`` copies among ``n_unlabelled``
+        pseudo-anomalies (about 1/6), at least one slot per batch.
+    anomaly_source : array-like, path or None, default=None
+        Textures for Perlin pseudo-anomalies (``None``: built-in textures).
+    localization : {"saliency", "segmentation"}, default="saliency"
+        ``localize`` returns the multi-cue gradient maps, or the segmentation
+        head's anomaly probability.
+    steps_per_epoch : int or None, default=None
+        Batches per epoch; ``None`` is one pass over the unlabelled images.
+    max_epochs : int, default=25
+    batch_size : int, default=16
+        Half unlabelled images, half anomalies.
+    lr : float, default=2e-4
+    weight_decay : float, default=1e-5
+    device : str, default="auto"
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        ``"auto"`` flags fused scores above 0.5, the score of an image whose
+        three squashed cues all sit at mid-range.
+    random_state : int, RandomState instance or None, default=None
+    verbose : int, default=0
+    callbacks : list of skorch callbacks or None, default=None
+
+    Attributes
+    ----------
+    cue_weights_ : ndarray of shape (3,)
+        ``cue_weights`` normalised to sum to 1, used by the fitted detector.
+    net_ : skad._net.SkadNet
+        The trained skorch net; ``net_.module_`` is the
+        :class:`~skad.nn.adl.ADLModule`.
+    offset_ : float
+        ``decision_function = score_samples - offset_``.
+    history_ : skorch.History
+    device_ : str
+    input_kind_ : {"images"}
+
+    See Also
+    --------
+    AdaptiveDeviationDetector : The deviation score alone, 2-means BCE targets.
+    DeviationNetworkDetector : The deviation network without contamination handling.
+
+    Notes
+    -----
+    The equations follow the authors' code as reconstructed in skad's
+    ``ALGORITHMS.md`` section 3 (the paper's equations were lost in text
+    extraction). The squash saturates the deviation cue at ``s = 1``: every
+    image scored above one reference standard deviation gets the same
+    deviation cue, and the other two cues order them.
+
+    References
+    ----------
+    .. [1] Multi-Cue Anomaly Detection and Localization under Data
+       Contamination, ``papers/001`` of skad's references.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad import MultiCueDetector
+    >>> from skad.datasets import make_defect_images
+    >>> data = make_defect_images(40, image_size=32, anomaly_ratio=0.1, random_state=0)
+    >>> det = MultiCueDetector(backbone="test_efficientnet", pretrained=False, image_size=32,
+    ...                        max_epochs=1, batch_size=8, device="cpu", random_state=0)
+    >>> det = det.fit(data.images, data.target)
+    >>> list(det.cue_scores(data.images[:2]).columns)
+    ['deviation', 'uncertainty', 'segmentation', 'fused']
+    >>> det.localize(data.images[:2]).shape
+    (2, 32, 32)
+    """
+
+    _parameter_constraints = {
+        **AdaptiveDeviationDetector._parameter_constraints,
+        "cue_weights": ["array-like"],
+        "pseudo_fraction": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="both")],
+    }
+
+    #: Gaussian smoothing of the gradient maps, in pixels at 256 px (ALGORITHMS.md section 3).
+    _saliency_sigma = 8.0
+
+    def __init__(
+        self,
+        *,
+        cue_weights=(0.55, 0.10, 0.35),
+        backbone="efficientnet_lite0",
+        pretrained=True,
+        image_size=256,
+        out_indices=(2, 3, 4),
+        fuse_channels=64,
+        gamma=5.0,
+        lam=0.1,
+        alpha=0.1,
+        divergence="alpha",
+        top_k=0.1,
+        n_reference=5000,
+        burn_in=0.06,
+        soft_labels=True,
+        classification_loss=True,
+        segmentation_loss=True,
+        kmeans_prob=0.6,
+        pseudo_fraction="auto",
+        anomaly_source=None,
+        localization="saliency",
+        steps_per_epoch=None,
+        max_epochs=25,
+        batch_size=16,
+        lr=2e-4,
+        weight_decay=1e-5,
+        device="auto",
+        contamination="auto",
+        random_state=None,
+        verbose=0,
+        callbacks=None,
+    ):
+        super().__init__(
+            backbone=backbone, pretrained=pretrained, image_size=image_size,
+            out_indices=out_indices, fuse_channels=fuse_channels, gamma=gamma, lam=lam,
+            alpha=alpha, divergence=divergence, top_k=top_k, n_reference=n_reference,
+            burn_in=burn_in, soft_labels=soft_labels, classification_loss=classification_loss,
+            segmentation_loss=segmentation_loss, kmeans_prob=kmeans_prob,
+            pseudo_fraction=pseudo_fraction, anomaly_source=anomaly_source,
+            localization=localization, steps_per_epoch=steps_per_epoch, max_epochs=max_epochs,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, device=device,
+            contamination=contamination, random_state=random_state, verbose=verbose,
+            callbacks=callbacks,
+        )
+        self.cue_weights = cue_weights
+
+    # ---------------------------------------------------------------- fitting
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, masks=None):
+        """Fit the detector.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), (n, H, W, C), (n, C, H, W), or sequence of paths
+            Training images, mostly normal; they may be contaminated by
+            unlabelled anomalies.
+        y : array-like of shape (n,), default=None
+            ``-1`` marks a known anomaly, ``+1`` an unlabelled image assumed
+            normal (predict's codes). ``None`` means no labelled anomaly.
+        masks : array-like of shape (n, H, W), default=None
+            Binary defect masks (bool or 0/1) at the images' resolution; only
+            the rows of the labelled anomalies (``y == -1``) are used, to
+            train the segmentation head on them. ``None`` leaves the labelled
+            anomalies out of the segmentation loss.
+
+        Returns
+        -------
+        self : object
+            Fitted detector.
+        """
+        self.cue_weights_ = _check_cue_weights(self.cue_weights)
+        return self._fit(X, y, masks=masks)
+
+    def _build_criterion(self, generator):
+        criterion = super()._build_criterion(generator)
+        criterion.pseudo_labels = _soft_anomaly_labels
+        return criterion
+
+    def _build_batch_transform(self, generator):
+        return LabelledAnomalyMasks(super()._build_batch_transform(generator))
+
+    def _sampler_params(self, target):
+        if self.pseudo_fraction != "auto":
+            return {}
+        n_unlabelled = int(np.sum(target == 0))
+        n_labelled = int(np.sum(target == 1))
+        n_anomalous = self.batch_size // 2
+        if n_labelled == 0:
+            return {"iterator_train__pseudo_fraction": 1.0}
+        copies = max(int(math.floor(_LABELLED_COPIES * n_unlabelled)), n_labelled)
+        slots = max(round(n_anomalous * copies / (n_unlabelled + copies)), 1)
+        return {"iterator_train__pseudo_fraction": 1.0 - slots / n_anomalous}
+
+    def _auto_offset(self):
+        return -0.5
+
+    # --------------------------------------------------------------- scoring
+    def _cue_table(self, data):
+        """``(n, 4)`` float64: the squashed cues and the fused score."""
+        dataset = self._dataset(data, np.zeros(len(data)))
+        raw = []
+        with torch.no_grad():
+            for outputs in self.net_.forward_iter(dataset, training=False, device=None):
+                raw.append(_raw_cues(outputs).double().cpu())
+        squashed = _squashed_cues(torch.cat(raw))
+        fused = _fuse(squashed, self.cue_weights_)
+        return torch.cat([squashed, fused[:, None]], dim=1).numpy()
+
+    def _anomaly_scores(self, data):
+        return self._cue_table(data)[:, -1]
+
+    def cue_scores(self, X):
+        """The squashed cues and the fused score of each image; higher = more anomalous.
+
+        Parameters
+        ----------
+        X : array-like of images or sequence of image paths
+            Images of the kind used in ``fit``.
+
+        Returns
+        -------
+        cues : pandas.DataFrame of shape (n, 4)
+            Columns ``deviation``, ``uncertainty`` and ``segmentation`` (each
+            cue squashed to [0, 1]) and ``fused`` (their weighted geometric
+            mean, ``-score_samples(X)``), one row per image.
+        """
+        check_is_fitted(self, "net_")
+        table = self._cue_table(self._check_input(X, reset=False))
+        return pd.DataFrame(table, columns=[*CUES, "fused"])
+
+    # ---------------------------------------------------------- localisation
+    def _saliency_cues(self, images):
+        return _raw_cues(self.net_.module_(images))
+
+    def _saliency_layer(self):
+        return self.net_.module_.extractor
