@@ -21,7 +21,9 @@ Results go to ``benchmarks/results/throughput.csv`` (medians over repeats).
 import argparse
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -173,8 +175,13 @@ def main(argv=None):
                 "repeats": args.repeats, "device": "cpu", "machine": machine(),
             })
             print(rows[-1], f"(training step at {size}px: {step_s:.3f}s)")
-    pd.DataFrame(rows).to_csv(args.out, index=False)
-    print(f"wrote {args.out}")
+    df = pd.DataFrame(rows)
+    df.to_csv(args.out, index=False)
+    md = Path(args.out).with_suffix(".md")
+    cmd = "python benchmarks/throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    md.write_text(f"# Throughput against the raw backbone\n\nCommand: `{cmd}` (medians of "
+                  f"{args.repeats}).\n\n{df.to_markdown(index=False)}\n")
+    print(f"wrote {args.out} and {md}")
 
 
 if __name__ == "__main__":
