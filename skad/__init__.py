@@ -19,6 +19,8 @@ _LAZY = {
     "ContaminationInjector": "skad.preprocessing",
     "DeviationNetworkDetector": "skad.detectors",
     "MultiCueDetector": "skad.detectors",
+    "PaDiMDetector": "skad.detectors",
+    "PatchCoreDetector": "skad.detectors",
 }
 
 __all__ = sorted([*_LAZY, "__version__"])

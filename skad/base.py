@@ -12,6 +12,7 @@ which module, criterion and batch hook to use through a handful of
 ``_build_*`` methods.
 """
 
+import contextlib
 import copy
 import os
 from abc import abstractmethod
@@ -39,6 +40,15 @@ from .nn.backbones import IMAGENET_MEAN, IMAGENET_STD, create_feature_extractor
 from .nn.saliency import gradient_saliency
 
 __all__ = ["BaseDetector"]
+
+
+@contextlib.contextmanager
+def _seeded(seed, device):
+    """Seed torch's global generators (CPU, and ``device``'s if CUDA) for a block, then restore."""
+    cuda = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
 
 
 class BaseDetector(OutlierMixin, BaseEstimator):
@@ -120,6 +130,17 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     def _default_callbacks(self):
         """Callbacks the method always uses, as ``(name, callback)`` pairs."""
         return []
+
+    def _calibrate(self, data, target):
+        """Set fitted score statistics after training, before ``offset_`` (default: none).
+
+        Parameters
+        ----------
+        data : ImageInput or Tensor
+            The training data.
+        target : ndarray of shape (n,)
+            1 for a labelled anomaly, 0 for an unlabelled sample.
+        """
 
     def _auto_offset(self):
         """``offset_`` for ``contamination="auto"``."""
@@ -237,52 +258,81 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     def _fit(self, X, y=None, masks=None):
         """``fit``'s work; ``masks`` (n, H, W) of the labelled anomalies reach the batch hook."""
-        data = self._check_input(X, reset=True)
-        target = check_labels(y, len(data))
+        data, target, device, seed = self._fit_setup(X, y)
         if masks is not None:
             masks = check_masks(masks, data, target)
-        device = self._resolve_device()
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         sampler_rng = torch.Generator().manual_seed(seed + 1)
         device_rng = torch.Generator(device=device).manual_seed(seed + 2)
-        cuda = [torch.device(device).index or 0] if device.startswith("cuda") else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
+        with _seeded(seed, device):
             callbacks = self._default_callbacks() + copy.deepcopy(list(self.callbacks or []))
             if self.verbose:
                 from skorch.callbacks import ProgressBar
 
                 callbacks.append(("progress_bar", ProgressBar(batches_per_epoch="count")))
-            module = self._build_module(data)
-            if not isinstance(data, torch.Tensor):
-                module = module.to(memory_format=torch.channels_last)  # see ImageInput.load
-            net = SkadNet(
+            module = self._new_module(data)
+            net = self._new_net(
                 module,
+                device,
                 criterion=self._build_criterion(device_rng),
                 batch_transform=self._build_batch_transform(device_rng),
                 optimizer=torch.optim.Adam,
                 lr=self.lr,
                 max_epochs=self.max_epochs,
-                batch_size=self.batch_size,
                 iterator_train=balanced_loader,
                 iterator_train__generator=sampler_rng,
                 iterator_train__collate_fn=collate_batch,
-                iterator_valid__collate_fn=collate_batch,
-                train_split=None,
                 callbacks=callbacks,
                 verbose=int(self.verbose),
-                device=device,
                 **{**self._net_params(), **self._sampler_params(target)},
             )
             net.fit(self._dataset(data, target, masks), y=None)
         self.net_ = net
         self.device_ = device
-        if self.contamination == "auto":
-            self.offset_ = float(self._auto_offset())
-        else:
-            scores = -self._anomaly_scores(data)
-            self.offset_ = float(np.percentile(scores, 100.0 * self.contamination))
+        self._calibrate(data, target)
+        self.offset_ = self._fit_offset(data)
         return self
+
+    def _fit_setup(self, X, y):
+        """Validate the training data; returns ``(data, target, device, seed)``.
+
+        ``target`` holds 1 for a labelled anomaly, 0 otherwise; ``seed`` is the
+        fit's integer seed, drawn from ``random_state``.
+        """
+        data = self._check_input(X, reset=True)
+        target = check_labels(y, len(data))
+        device = self._resolve_device()
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        return data, target, device, seed
+
+    def _new_module(self, data):
+        """:meth:`_build_module`, channels-last for images (see ``ImageInput.load``)."""
+        module = self._build_module(data)
+        if not isinstance(data, torch.Tensor):
+            module = module.to(memory_format=torch.channels_last)
+        return module
+
+    def _new_net(self, module, device, **params):
+        """The skorch net around ``module``: batching, collation and device, plus ``params``."""
+        return SkadNet(
+            module,
+            batch_size=self.batch_size,
+            iterator_valid__collate_fn=collate_batch,
+            train_split=None,
+            device=device,
+            **params,
+        )
+
+    def _fit_offset(self, data, train_scores=None, auto_offset=None):
+        """``offset_``: ``contamination`` quantile of the training scores, or the auto offset.
+
+        ``train_scores`` (anomaly scores of ``data``) are computed when not
+        given; ``auto_offset`` defaults to :meth:`_auto_offset`.
+        """
+        if self.contamination == "auto":
+            return float(self._auto_offset() if auto_offset is None else auto_offset)
+        if train_scores is None:
+            train_scores = self._anomaly_scores(data)
+        return float(np.percentile(-train_scores, 100.0 * self.contamination))
 
     @property
     def history_(self):

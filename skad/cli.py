@@ -30,6 +30,8 @@ DETECTORS = {
     "adl": "skad.detectors:AdaptiveDeviationDetector",
     "devnet": "skad.detectors:DeviationNetworkDetector",
     "multicue": "skad.detectors:MultiCueDetector",
+    "padim": "skad.detectors:PaDiMDetector",
+    "patchcore": "skad.detectors:PatchCoreDetector",
 }
 
 #: Command-line options that map onto detector parameters.
@@ -306,7 +308,9 @@ def make_detector(name, args, **overrides):
             continue
         if param not in valid:
             flag = "--" + option.replace("_", "-")
-            raise CommandError(f"the {name} detector has no {param!r} parameter; drop {flag}.")
+            why = "" if "max_epochs" in valid else " (it is training-free)"
+            raise CommandError(
+                f"the {name} detector has no {param!r} parameter{why}; drop {flag}.")
         params[param] = value
     params.update(overrides)
     for text in getattr(args, "param", []) or []:
@@ -346,7 +350,8 @@ def _cmd_fit(args):
     _check_readable(paths, "--data/--labeled")
     Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
     det = make_detector(args.detector, args, verbose=1)
-    print(f"Training {type(det).__name__} on {len(paths)} images from {root} "
+    verb = "Training" if "max_epochs" in det.get_params() else "Fitting"
+    print(f"{verb} {type(det).__name__} on {len(paths)} images from {root} "
           f"({len(paths) - n_anomalies} unlabelled, {n_anomalies} labelled anomalies"
           + (f" from {', '.join(sources)}" if sources else "") + ")", flush=True)
     start = time.perf_counter()
@@ -354,7 +359,8 @@ def _cmd_fit(args):
     seconds = time.perf_counter() - start
     save(det, args.out, metadata={"data": str(root), "n_images": len(paths),
                                   "n_labeled": n_anomalies, "fit_seconds": round(seconds, 1)})
-    print(f"Trained in {seconds:.0f}s; saved to {args.out}")
+    print(f"{'Trained' if verb == 'Training' else 'Fitted'} in {seconds:.0f}s; "
+          f"saved to {args.out}")
     return 0
 
 

@@ -118,6 +118,26 @@ def test_fit_plain_folder_with_labeled_folder_and_devnet(tree, tmp_path, capsys)
     assert list(df.columns) == ["path", "anomaly_score", "prediction"] and len(df) == 3
 
 
+def test_fit_training_free_patchcore_and_refuse_training_options(tree, tmp_path, capsys):
+    out = tmp_path / "patchcore.skad"
+    frozen = TINY_OPTIONS[:3] + ["--image-size", "32", "--batch-size", "8", "--device", "cpu",
+                                 "--seed", "0"]
+    assert cli.main(["fit", "--data", str(tree), "--detector", "patchcore", "--out", str(out),
+                     "-p", "coreset_ratio=0.5", *frozen]) == 0
+    assert "Fitting PatchCoreDetector on 19 images" in capsys.readouterr().out
+    det = skad.persistence.load(out)
+    assert type(det).__name__ == "PatchCoreDetector" and det.coreset_ratio == 0.5
+    assert len(det.net_.module_.memory_bank) == 8 * 16  # half of the 16 unlabelled x 16 patches
+    scores = tmp_path / "patchcore.csv"
+    assert cli.main(["score", "--model", str(out), "--data", str(tree),
+                     "--out", str(scores)]) == 0
+    assert np.isfinite(pd.read_csv(scores).anomaly_score).all()
+    for detector, flag in (("patchcore", "--epochs"), ("padim", "--lr"), ("padim", "--steps")):
+        err = _error(capsys, ["fit", "--data", str(tree), "--detector", detector, *frozen,
+                              flag, "1"])
+        assert f"drop {flag}" in err and "training-free" in err
+
+
 def test_mvtec_style_category_uses_train_and_test(tmp_path, capsys, monkeypatch):
     X, is_anomaly, _ = make_tiny_images(n_normal=6, n_anomalous=2, size=32, seed=3)
     _write_images(tmp_path / "bottle" / "train" / "good", X[~is_anomaly])

@@ -21,6 +21,8 @@ from skad import (
     AdaptiveDeviationDetector,
     DeviationNetworkDetector,
     MultiCueDetector,
+    PaDiMDetector,
+    PatchCoreDetector,
 )
 
 TINY = dict(
@@ -34,6 +36,10 @@ DETECTORS = {
         **{**TINY, "fuse_channels": 8, "n_reference": 500, **kw}),
     "MultiCueDetector": lambda **kw: MultiCueDetector(
         **{**TINY, "fuse_channels": 8, "n_reference": 500, **kw}),
+    "PatchCoreDetector": lambda **kw: PatchCoreDetector(
+        **{**{k: v for k, v in TINY.items() if k != "max_epochs"}, "coreset_ratio": 0.5, **kw}),
+    "PaDiMDetector": lambda **kw: PaDiMDetector(
+        **{**{k: v for k, v in TINY.items() if k != "max_epochs"}, "n_features": 16, **kw}),
 }
 
 # Checks of scikit-learn's suite that a skad detector fails on purpose, with the reason.
@@ -109,8 +115,9 @@ def test_fit_returns_self_and_leaves_inputs_untouched(name, data):
     assert det.fit(X, y) is det
     np.testing.assert_array_equal(X, data[0])
     np.testing.assert_array_equal(y, data[1])
-    assert len(det.history_) == det.max_epochs
-    assert np.isfinite(det.history_[:, "train_loss"]).all()
+    if "max_epochs" in det.get_params():  # the training-free detectors have no history
+        assert len(det.history_) == det.max_epochs
+        assert np.isfinite(det.history_[:, "train_loss"]).all()
 
 
 @parametrize_detectors
@@ -204,16 +211,25 @@ def test_localize_returns_float32_maps_at_input_size(name, fitted, data):
     assert np.isfinite(maps).all()
 
 
+# A parameter each detector has, for the grid search; the trained detectors share ``lr``.
+GRIDS = {
+    "PatchCoreDetector": {"coreset_ratio": [0.25, 0.5]},
+    "PaDiMDetector": {"n_features": [8, 16]},
+}
+
+
 @parametrize_detectors
 def test_grid_search_with_roc_auc(name, data):
     X, y = data
+    param_grid = GRIDS.get(name, {"lr": [1e-4, 1e-3]})
     grid = GridSearchCV(
-        DETECTORS[name](), {"lr": [1e-4, 1e-3]}, scoring="roc_auc",
+        DETECTORS[name](), param_grid, scoring="roc_auc",
         cv=StratifiedKFold(n_splits=2, shuffle=True, random_state=0), error_score="raise",
     )
     grid.fit(X, y)
     assert np.isfinite(grid.best_score_)
-    assert grid.best_params_["lr"] in (1e-4, 1e-3)
+    for param, values in param_grid.items():
+        assert grid.best_params_[param] in values
 
 
 @parametrize_detectors

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backbones import align_levels
 from .heads import DeviationHead, Normalize
 
 __all__ = ["UpBlock", "ADLModule"]
@@ -207,16 +208,10 @@ class ADLModule(nn.Module):
                 "out_indices=(2, 3, 4)."
             )
         f1, f2, f3 = levels
-        size = f1.shape[-2:]
-        fused = [f1]
-        for feat, up in ((f2, self.up2), (f3, self.up3)):
-            feat = up(feat)
-            # Odd input sizes make strided levels round up (e.g. 48 px: 6 cells at stride 8
-            # but 2 at stride 32, i.e. 8 after two UpBlocks), and non-power-of-two stride
-            # ratios cannot be reached by doublings: resize to exactly the first level's size.
-            if feat.shape[-2:] != size:
-                feat = F.interpolate(feat, size=size, mode="bilinear", align_corners=False)
-            fused.append(feat)
+        # Odd input sizes make strided levels round up (e.g. 48 px: 6 cells at stride 8
+        # but 2 at stride 32, i.e. 8 after two UpBlocks), and non-power-of-two stride
+        # ratios cannot be reached by doublings: resize to exactly the first level's size.
+        fused = align_levels([f1, self.up2(f2), self.up3(f3)])
         return levels, torch.cat(fused, dim=1)
 
     def patch_scores(self, x: Tensor) -> Tensor:

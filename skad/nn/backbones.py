@@ -8,6 +8,7 @@ from numbers import Integral
 
 import timm
 import torch
+import torch.nn.functional as F
 from timm.models import FeatureInfo
 from torch import Tensor, nn
 
@@ -16,6 +17,7 @@ __all__ = [
     "IMAGENET_STD",
     "FeatureExtractor",
     "PretrainedWeightsNotFoundError",
+    "align_levels",
     "create_feature_extractor",
     "load_efficientnet_lite0_state_dict",
 ]
@@ -88,6 +90,36 @@ class FeatureExtractor(nn.Module):
         out = self.body(x)
         out = [out] if isinstance(out, Tensor) else list(out)
         return out if self.select is None else [out[i] for i in self.select]
+
+
+def align_levels(levels, size=None):
+    """Resize feature maps to one grid, bilinearly, for concatenation along channels.
+
+    Parameters
+    ----------
+    levels : sequence of Tensor of shape (B, C_i, h_i, w_i)
+        Feature maps, usually a :class:`FeatureExtractor`'s levels, finest first.
+    size : tuple of int, default=None
+        Target ``(h, w)``; None takes the first map's.
+
+    Returns
+    -------
+    list of Tensor of shape (B, C_i, h, w)
+        The maps, those already at ``size`` returned as they are (a bilinear
+        resize to the same size would change nothing).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skad.nn.backbones import align_levels
+    >>> maps = align_levels([torch.zeros(2, 4, 8, 8), torch.ones(2, 6, 3, 3)])
+    >>> torch.cat(maps, dim=1).shape
+    torch.Size([2, 10, 8, 8])
+    """
+    size = tuple(levels[0].shape[-2:]) if size is None else tuple(size)
+    return [f if tuple(f.shape[-2:]) == size
+            else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            for f in levels]
 
 
 def _normalize_indices(out_indices, n_levels, what):
