@@ -18,6 +18,7 @@ from skad.detectors._adl import PerlinPseudoAnomalies
 from skad.detectors._multicue import (
     LabelledAnomalyMasks,
     _check_cue_weights,
+    _deviation_reference,
     _fuse,
     _raw_cues,
     _soft_anomaly_labels,
@@ -55,6 +56,22 @@ def test_squashed_cues_known_values():
                                                 math.log(2) / math.log(21)],
                                                dtype=torch.float64))
     assert torch.allclose(out[2], torch.ones(3, dtype=torch.float64))
+
+
+def test_deviation_reference_is_median_and_upper_decile_spread():
+    m, r = _deviation_reference(np.arange(11.0))  # median 5, 90th percentile 9
+    assert (m, r) == (5.0, 4.0)
+    m, r = _deviation_reference(np.full(7, 3.0))  # no spread: a tiny positive scale
+    assert m == 3.0 and 0 < r <= 3e-6
+
+
+def test_squashed_deviation_is_measured_from_the_reference():
+    raw = torch.tensor([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [2.2, 0.0, 0.0], [9.0, 0.0, 0.0]],
+                       dtype=torch.float64)
+    out = _squashed_cues(raw, (2.0, 4.0))[:, 0]
+    # below the median -> 0; m + 0.05 r -> phi(c; c, D); m + r and above -> 1
+    expected = [0.0, 0.0, math.log(2) / math.log(21), 1.0]
+    assert torch.allclose(out, torch.tensor(expected, dtype=torch.float64))
 
 
 def test_raw_cues_are_deviation_entropy_and_top_decile_of_the_mask():
@@ -255,6 +272,19 @@ def test_cue_scores_fuse_into_score_samples():
     geo = np.exp(np.log(cues.iloc[:, :3] + 1e-6) @ det.cue_weights_)
     np.testing.assert_allclose(cues["fused"], geo, rtol=1e-10)
     assert det.offset_ == -0.5  # contamination="auto": fused score 0.5
+
+
+def test_deviation_cue_is_zero_for_the_typical_unlabelled_image_and_saturates_at_the_top():
+    X, is_anomaly, masks = make_tiny_images(n_normal=30, n_anomalous=4)
+    y = np.where(is_anomaly, -1, 1)
+    det = MultiCueDetector(**TINY).fit(X, y)
+    raw = det._raw_cue_table(det._check_input(X, reset=False))[:, 0].numpy()
+    # the labelled anomalies stay out of the reference
+    np.testing.assert_allclose(det.deviation_reference_, _deviation_reference(raw[y == 1]))
+    cue = det.cue_scores(X[y == 1])["deviation"].to_numpy()
+    assert np.mean(cue == 0) >= 0.5  # at or below the median
+    assert 0 < np.mean(cue == 1) <= 0.1 + 1 / len(cue)  # the upper decile
+    assert ((cue > 0) & (cue < 1)).any()
 
 
 def test_single_cue_weights_score_by_that_cue():
