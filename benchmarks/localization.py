@@ -25,7 +25,7 @@ Per-seed rows go to ``<out>_runs.csv``, means to ``<out>.csv`` and ``<out>.md``.
 
 Run from the repository root::
 
-    nice -n 5 python benchmarks/localization.py [--seeds 0 1] [--steps 20] [--threads 1]
+    python benchmarks/localization.py [--seeds 0 1] [--steps 20] [--threads 1]
 """
 
 import argparse
@@ -161,7 +161,7 @@ def main(argv=None):
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(f"{args.out}_runs.csv", index=False)
     summary.to_csv(f"{args.out}.csv", index=False)
-    cmd = "nice -n 5 python benchmarks/localization.py " + shlex.join(argv)
+    cmd = "python benchmarks/localization.py " + shlex.join(argv)
     table = summary.astype(object).where(summary.notna(), None).to_markdown(
         index=False, floatfmt=".3f", missingval="")
     Path(f"{args.out}.md").write_text(
