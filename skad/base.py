@@ -56,8 +56,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     Subclasses define ``__init__`` (keyword-only, storing parameters) and
     implement :meth:`_build_module`, :meth:`_build_criterion` and optionally
-    :meth:`_build_batch_transform`, :meth:`_sampler_params`, :meth:`_auto_offset`
-    and the localisation hooks (:meth:`_localize_batch`, or the gradient
+    :meth:`_build_batch_transform`, :meth:`_sampler_params`, :meth:`_calibrate`,
+    :meth:`_auto_offset` and the localisation hooks (:meth:`_localize_batch`, or the gradient
     saliency's :meth:`_saliency_cues` and :meth:`_saliency_layer`).
 
     Parameters
@@ -140,6 +140,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             The training data.
         target : ndarray of shape (n,)
             1 for a labelled anomaly, 0 for an unlabelled sample.
+
+        Returns
+        -------
+        train_scores : ndarray of shape (n,) or None
+            Anomaly scores of ``data`` when calibrating computed them (a float
+            ``contamination`` then needs no second pass), else None.
         """
 
     def _auto_offset(self):
@@ -288,8 +294,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             net.fit(self._dataset(data, target, masks), y=None)
         self.net_ = net
         self.device_ = device
-        self._calibrate(data, target)
-        self.offset_ = self._fit_offset(data)
+        train_scores = self._calibrate(data, target)
+        self.offset_ = self._fit_offset(data, train_scores)
         return self
 
     def _fit_setup(self, X, y):

@@ -287,6 +287,13 @@ def test_deviation_cue_is_zero_for_the_typical_unlabelled_image_and_saturates_at
     assert ((cue > 0) & (cue < 1)).any()
 
 
+def test_float_contamination_sets_the_offset_from_the_fused_training_scores():
+    X, is_anomaly, _ = make_tiny_images(n_normal=16, n_anomalous=4)
+    det = MultiCueDetector(**TINY, contamination=0.2).fit(X, np.where(is_anomaly, -1, 1))
+    assert det.offset_ == pytest.approx(np.percentile(det.score_samples(X), 20.0), abs=1e-9)
+    assert np.mean(det.predict(X) == -1) == pytest.approx(0.2, abs=1 / len(X))
+
+
 def test_single_cue_weights_score_by_that_cue():
     X, is_anomaly, _ = make_tiny_images(n_normal=16, n_anomalous=4)
     y = np.where(is_anomaly, -1, 1)

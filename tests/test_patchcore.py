@@ -85,8 +85,27 @@ def test_prune_with_labels_removes_the_planted_contaminant(images):
 
 
 def test_prune_without_labels_warns(images):
-    with pytest.warns(UserWarning, match="no labelled anomaly"):
+    with pytest.warns(UserWarning, match="no labelled anomaly") as record:
         PatchCoreDetector(**TINY, prune_with_labels=True).fit(images[0])
+    assert record[0].filename == __file__  # points at the caller's line
+
+
+def test_prune_needs_two_unlabelled_images(images):
+    X = images[0][:2]
+    with pytest.raises(ValueError, match="1 unlabelled image.*prune_with_labels=False"):
+        PatchCoreDetector(**TINY, prune_with_labels=True).fit(X, [1, -1])
+
+
+def test_reweighting_needs_a_bank_of_b_patches(images):
+    with pytest.raises(ValueError, match="reweight_neighbors=3 needs.*kept 1"):
+        PatchCoreDetector(**TINY, coreset_ratio=1e-9, reweight_neighbors=3).fit(images[0])
+
+
+def test_refused_tabular_fit_leaves_no_fitted_attribute():
+    det = PatchCoreDetector(**TINY)
+    with pytest.raises(ValueError, match="needs images"):
+        det.fit(np.zeros((10, 4)))
+    assert not [k for k in vars(det) if k.endswith("_") and not k.startswith("_")]
 
 
 def test_reweighting_scales_scores_within_bounds(images):

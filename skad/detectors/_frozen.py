@@ -4,10 +4,12 @@ import time
 from abc import abstractmethod
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._images import is_tabular
 from ..base import BaseDetector, _seeded
 from ..nn.frozen import PatchEmbedding
 from ..nn.saliency import gaussian_blur
@@ -87,13 +89,13 @@ class FrozenFeatureDetector(BaseDetector):
 
     def _fit(self, X, y=None, masks=None):
         """Embed the training images and fill the module's buffers; nothing is trained."""
-        data, target, device, seed = self._fit_setup(X, y)
-        if isinstance(data, torch.Tensor):
+        if is_tabular(X) and not sp.issparse(X):  # before _fit_setup sets fitted attributes
             raise ValueError(
                 f"{type(self).__name__} needs images (n, H, W[, C]) or image paths; got "
-                f"tabular data of shape {tuple(data.shape)}. For tabular data use "
+                f"tabular data of shape {np.shape(X)}. For tabular data use "
                 "DeviationNetworkDetector."
             )
+        data, target, device, seed = self._fit_setup(X, y)
         generator = torch.Generator().manual_seed(seed)
         with _seeded(seed, device):  # a randomly initialised backbone is seeded too
             module = self._new_module(data)

@@ -61,7 +61,7 @@ def _raw_cues(outputs):
 
 
 def _squash(x, c, d):
-    """``phi(x; c, D) = ln(1 + min(x, D) / c) / ln(1 + D / c)``: [0, inf) -> [0, 1], monotone."""
+    """``phi(x; c, D) = ln(1 + min(max(x, 0), D) / c) / ln(1 + D / c)``: R -> [0, 1], monotone."""
     return torch.log1p(x.clamp(0.0, d) / c) / math.log1p(d / c)
 
 
@@ -409,8 +409,9 @@ class MultiCueDetector(AdaptiveDeviationDetector):
 
     def _calibrate(self, data, target):
         # the deviation cue is measured from the unlabelled images' typical score
-        deviation = self._raw_cue_table(data)[:, 0].numpy()
-        self.deviation_reference_ = _deviation_reference(deviation[target == 0])
+        raw = self._raw_cue_table(data)
+        self.deviation_reference_ = _deviation_reference(raw[:, 0].numpy()[target == 0])
+        return self._fuse_cues(raw)[:, -1].numpy()
 
     def _auto_offset(self):
         return -0.5
@@ -427,9 +428,13 @@ class MultiCueDetector(AdaptiveDeviationDetector):
 
     def _cue_table(self, data):
         """``(n, 4)`` float64: the squashed cues and the fused score."""
-        squashed = _squashed_cues(self._raw_cue_table(data), self.deviation_reference_)
+        return self._fuse_cues(self._raw_cue_table(data)).numpy()
+
+    def _fuse_cues(self, raw):
+        """``(n, 4)`` float64 tensor: squashed cues and fused score from the raw cues."""
+        squashed = _squashed_cues(raw, self.deviation_reference_)
         fused = _fuse(squashed, self.cue_weights_)
-        return torch.cat([squashed, fused[:, None]], dim=1).numpy()
+        return torch.cat([squashed, fused[:, None]], dim=1)
 
     def _anomaly_scores(self, data):
         return self._cue_table(data)[:, -1]

@@ -51,7 +51,13 @@ class PaDiMDetector(FrozenFeatureDetector):
     contamination : "auto" or float in (0, 0.5], default="auto"
         ``"auto"`` flags images scoring above the upper Tukey fence
         ``Q3 + 1.5 IQR`` of the unlabelled training images' scores; a float
-        flags that fraction of the training data.
+        flags that fraction of the training data. Both use in-sample scores:
+        the training images are scored against Gaussians fitted on
+        themselves, which scores them lower than new normal images (more so
+        when ``n_features`` approaches the number of images), so ``predict``
+        flags new normal images more often than the threshold suggests. Rank
+        by ``score_samples``, or set the threshold on held-out normal images,
+        where that matters.
     random_state : int, RandomState instance or None, default=None
         Seeds the channel subset.
     verbose : int, default=0
@@ -165,5 +171,5 @@ class PaDiMDetector(FrozenFeatureDetector):
         self.channel_index_ = module.channel_index.cpu().numpy()
         self._log(f"Gaussians of {len(mean)} positions from {len(normal)} images", start)
         train_scores = self._anomaly_scores(data)
-        return train_scores, train_scores[normal]
+        return train_scores, (train_scores[normal] if self.contamination == "auto" else None)
 

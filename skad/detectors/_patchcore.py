@@ -104,10 +104,11 @@ class PatchCoreDetector(FrozenFeatureDetector):
 
     Notes
     -----
-    The nearest-neighbour search holds at most 2**24 distances (64 MiB) at a
+    The nearest-neighbour search holds at most 2**20 distances (4 MiB) at a
     time, whatever the bank size. Fitting keeps every training patch in memory
     (``n_images * (image_size / 8) ** 2 * 152`` floats: 200 MB for 1,266
-    images at 128 px).
+    images at 128 px), twice over when anomalies are labelled (the bank's
+    candidates are then a copy of the unlabelled images' patches).
 
     The k-center coreset picks the most outlying patches first, so under
     contamination it over-represents the contaminants: on ELPV at 128 px with
@@ -187,7 +188,8 @@ class PatchCoreDetector(FrozenFeatureDetector):
         self._log(f"embedded {n} images", start)
         patches = embeddings.permute(0, 2, 3, 1).reshape(n, h * w, c)
         normal = torch.as_tensor(np.flatnonzero(target == 0), device=patches.device)
-        candidates = patches[normal].reshape(-1, c)
+        # no copy of the training patches when nothing is labelled
+        candidates = (patches[normal] if target.any() else patches).reshape(-1, c)
         groups = normal.repeat_interleave(h * w)
         n_select = max(1, math.ceil(self.coreset_ratio * len(candidates)))
         if n_select < len(candidates):
@@ -198,6 +200,12 @@ class PatchCoreDetector(FrozenFeatureDetector):
         else:
             keep = torch.arange(len(candidates), device=candidates.device)
         keep, pruned = self._prune(keep, candidates, groups, patches, target)
+        if self.reweight_neighbors is not None and len(keep) < self.reweight_neighbors:
+            raise ValueError(
+                f"reweight_neighbors={self.reweight_neighbors} needs a memory bank of at least "
+                f"that many patches; this fit kept {len(keep)}. Raise coreset_ratio, pass more "
+                "training images, or pass reweight_neighbors=None."
+            )
         module.set_memory_bank(candidates[keep])
         positions = torch.arange(len(candidates), device=keep.device) % (h * w)
 
@@ -228,9 +236,16 @@ class PatchCoreDetector(FrozenFeatureDetector):
         if not target.any():
             warnings.warn(
                 "prune_with_labels=True but y has no labelled anomaly (-1): nothing to prune "
-                "the memory bank with.", UserWarning, stacklevel=4,
+                "the memory bank with.", UserWarning,
+                stacklevel=6,  # _prune, _fit_module, _fit, fit, _fit_context, the caller
             )
             return keep, no_rows
+        if np.sum(target == 0) < 2:
+            raise ValueError(
+                "prune_with_labels=True compares each bank patch with the other unlabelled "
+                f"images, but y has {int(np.sum(target == 0))} unlabelled image (+1). Pass more "
+                "images with y = +1, or prune_with_labels=False."
+            )
         start = time.perf_counter()
         anomalous = torch.as_tensor(np.flatnonzero(target == 1), device=patches.device)
         mask = labelled_anomaly_mask(
