@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._optional import import_optional
+
 __all__ = ["MapWriter", "format_table", "have_matplotlib", "save_auroc_plot", "save_overlays",
            "save_score_histograms", "write_scores_csv"]
 
@@ -34,8 +36,8 @@ def format_table(rows):
 
 
 def _figure(ncols, nrows=1, size=3.2):
-    from matplotlib.figure import Figure
-
+    Figure = import_optional("matplotlib.figure", extra="plot", purpose="skad's report figures",
+                             package="matplotlib").Figure
     fig = Figure(figsize=(size * ncols, size * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes.ravel()

@@ -9,19 +9,16 @@ returns the axes.
 
 import numpy as np
 
+from ._optional import import_optional
+
 __all__ = ["plot_auroc_vs_contamination", "plot_overlay", "plot_score_histogram"]
 
 
 def _axes(ax):
     if ax is not None:
         return ax
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError(
-            "skad.plotting needs matplotlib; install it with `pip install \"skad[plot]\"` "
-            "(or `pip install matplotlib`)."
-        ) from exc
+    plt = import_optional("matplotlib.pyplot", extra="plot", purpose="skad.plotting",
+                          package="matplotlib")
     _, ax = plt.subplots()
     return ax
 

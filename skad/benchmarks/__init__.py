@@ -6,3 +6,15 @@
 
 Results are written under ``benchmarks/results/`` of the current directory by default.
 """
+
+from .._optional import import_optional
+
+
+def require_bench_extra(purpose):
+    """Fail early, before any work, when the ``bench`` extra's table writer is missing.
+
+    The benchmarks write Markdown tables (pandas' ``to_markdown`` needs
+    ``tabulate``); checking at the start saves a long run that would fail at
+    its last line.
+    """
+    import_optional("tabulate", extra="bench", purpose=purpose)

@@ -39,6 +39,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from . import require_bench_extra
+
 RESULTS = Path("benchmarks") / "results"
 
 __all__ = ["MODELS", "Model", "main", "register", "run", "summarise"]
@@ -252,6 +254,7 @@ def main(argv=None):
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    require_bench_extra("the ELPV benchmark")
     started = time.perf_counter()
     df = run(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from skad import DeviationNetworkDetector
+from skad.benchmarks import require_bench_extra
 from skad.nn.backbones import create_feature_extractor
 
 RESULTS = Path("benchmarks") / "results"
@@ -141,6 +142,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(RESULTS / "throughput.csv"))
     args = parser.parse_args(argv)
+    require_bench_extra("the throughput benchmark")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
     rng = np.random.RandomState(0)

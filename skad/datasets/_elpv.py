@@ -7,6 +7,8 @@ import numpy as np
 from PIL import Image
 from sklearn.utils import Bunch
 
+from .._optional import import_optional
+
 _ELPV_DESCR = """\
 .. _elpv_dataset:
 
@@ -42,13 +44,8 @@ random_state=42)`` in CSV order (1,131 train, 377 test), see
 
 
 def _elpv_data_dir():
-    try:
-        import elpv_dataset
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "load_elpv needs the ELPV data from the 'elpv-dataset' package; install it with "
-            "`pip install elpv-dataset` (or `pip install skad[bench]`)."
-        ) from exc
+    elpv_dataset = import_optional("elpv_dataset", extra="bench", purpose="load_elpv",
+                                   package="elpv-dataset")
     data_dir = Path(elpv_dataset.__file__).resolve().parent / "data"
     if not (data_dir / "labels.csv").is_file():  # pragma: no cover
         raise ImportError(
