@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from skad import AdaptiveDeviationDetector
-from skad.benchmarks.elpv import resize_all
+from skad._images import resize_images
 from skad.datasets import load_elpv
 from skad.detectors._adl import ABLATIONS
 from skad.metrics import image_auroc
@@ -83,7 +83,7 @@ def main():
     args = parser.parse_args()
 
     elpv = load_elpv()
-    images = resize_all(elpv.images, args.size)
+    images = resize_images(elpv.images, args.size)
     normal, anomalous = images[elpv.probability == 0], images[elpv.probability == 1]
     detector = diagnostic_detector(args)
     aurocs = []

@@ -27,12 +27,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from skad import PaDiMDetector, PatchCoreDetector
-    from skad.benchmarks.elpv import resize_all
+    from skad._images import resize_images
     from skad.datasets import load_elpv
     from skad.model_selection import contaminated_split
 
     elpv = load_elpv()
-    images = resize_all(elpv.images, args.image_size)
+    images = resize_images(elpv.images, args.image_size)
     X_train, y_train, X_test, y_test = contaminated_split(
         images[elpv.probability == 0], images[elpv.probability == 1], n_labeled=10,
         contamination=args.contamination, random_state=args.seed,

@@ -2,7 +2,7 @@
 
 import torch
 
-from ._images import ImageInput
+from ._images import ImageInput, iter_image_batches
 from .nn.backbones import IMAGENET_MEAN, IMAGENET_STD, create_feature_extractor
 from .nn.frozen import PatchEmbedding
 from .nn.patchcore import nearest_neighbours
@@ -28,9 +28,8 @@ def nearest_neighbour_scores(X_train, X_test, *, image_size, bank_size=16384, ba
     embedding = PatchEmbedding(extractor, mean=IMAGENET_MEAN, std=IMAGENET_STD, pool_size=3)
 
     def patches(X):
-        data, out = ImageInput(X), []
-        for start in range(0, len(data), batch_size):
-            x = data.load(range(start, min(start + batch_size, len(data))), image_size)
+        out = []
+        for _, x in iter_image_batches(ImageInput(X), image_size, batch_size):
             with torch.no_grad():
                 out.append(embedding(x).flatten(2).transpose(1, 2))  # (b, P, C)
         return torch.cat(out)

@@ -21,14 +21,28 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["ImageInput", "is_tabular", "check_labels", "check_masks", "ImageBatchDataset"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageBatchDataset",
+    "ImageInput",
+    "check_labels",
+    "check_masks",
+    "collate_batch",
+    "is_path_sequence",
+    "is_tabular",
+    "iter_image_batches",
+    "resize_images",
+]
+
+#: File name endings read as images, everywhere in skad (folders, textures, the CLI).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def is_tabular(X):
     """Whether ``X`` is a 2-D numeric array of tabular features."""
     if sp.issparse(X):
         return True  # so that validate_data explains that sparse input is not supported
-    return not _is_path_sequence(X) and _ndim(X) == 2
+    return not is_path_sequence(X) and _ndim(X) == 2
 
 
 def _ndim(X):
@@ -36,14 +50,17 @@ def _ndim(X):
     return X.ndim if isinstance(X, np.ndarray) else np.asarray(X).ndim
 
 
-def _is_path_sequence(X):
+def is_path_sequence(X):
+    """True for a non-empty list, tuple, 1-D array or Series of str or path-like items."""
     if isinstance(X, (str, bytes, os.PathLike)):
         return False
-    if isinstance(X, np.ndarray):
-        return X.dtype.kind in "UO" and X.ndim == 1 and len(X) > 0 and _is_path(X[0])
-    if isinstance(X, (list, tuple)):
-        return len(X) > 0 and all(_is_path(p) for p in X)
-    return False
+    if not isinstance(X, (list, tuple)):
+        if not hasattr(X, "__array__"):
+            return False
+        X = np.asarray(X)  # ndarray or pandas Series of paths
+        if X.ndim != 1 or X.dtype.kind not in "UO":
+            return False
+    return len(X) > 0 and all(_is_path(p) for p in X)
 
 
 def _is_path(p):
@@ -65,7 +82,7 @@ class ImageInput:
     """
 
     def __init__(self, X, argname="X"):
-        if _is_path_sequence(X):
+        if is_path_sequence(X):
             self.paths = [os.fspath(p) for p in X]
             self.array = None
             self.layout = "paths"
@@ -390,3 +407,57 @@ class ImageBatchDataset(torch.utils.data.Dataset):
 def collate_batch(batch):
     """Collate function for :class:`ImageBatchDataset`: batches come whole."""
     return batch
+
+
+def iter_image_batches(data, image_size, batch_size, *, indices=None, device=None):
+    """Yield ``(index, images)`` batches of an :class:`ImageInput`, in order.
+
+    Parameters
+    ----------
+    data : ImageInput
+    image_size : int or None
+        Square side the images are resized to (see :meth:`ImageInput.load`).
+    batch_size : int
+        Images per batch.
+    indices : array-like of int, default=None
+        Which images, in that order; all of them when None.
+    device : str or torch.device, default=None
+        Where the batches go; they stay on the CPU when None.
+
+    Yields
+    ------
+    index : ndarray of shape (b,), dtype int64
+    images : Tensor of shape (b, 3, S, S)
+        Float32 in [0, 1], channels-last.
+    """
+    indices = np.arange(len(data)) if indices is None else np.asarray(indices, dtype=np.int64)
+    for start in range(0, len(indices), batch_size):
+        index = indices[start:start + batch_size]
+        x = data.load(index, image_size)
+        yield index, (x if device is None else x.to(device))
+
+
+def resize_images(images, size, batch=256):
+    """Resize uint8 images ``(n, H, W)`` to ``(n, size, size)`` once, antialiased.
+
+    For benchmarks and the demo, which resize a whole dataset up front so that
+    every fit reads small images; the result equals what the detectors' own
+    resizing gives to within uint8 rounding.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n, H, W), dtype uint8
+    size : int
+    batch : int, default=256
+        Images resized at once.
+
+    Returns
+    -------
+    ndarray of shape (n, size, size), dtype uint8
+    """
+    out = []
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch])).float()[:, None]
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        out.append(x[:, 0].round().clamp(0, 255).to(torch.uint8).numpy())
+    return np.concatenate(out)

@@ -426,20 +426,6 @@ def _load_elpv():
     return load_elpv()
 
 
-def _resize_all(images, size, batch=256):
-    """uint8 (n, H, W) -> uint8 (n, size, size), antialiased, once (as the ELPV benchmark)."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    out = []
-    for start in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch])).float()[:, None]
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-        out.append(x[:, 0].round().clamp(0, 255).to(torch.uint8).numpy())
-    return np.concatenate(out)
-
-
 def _step(number, total, text):
     print(f"[{number}/{total}] {text}", flush=True)
 
@@ -449,6 +435,7 @@ def _cmd_demo(args):
 
     from . import _report
     from ._baselines import nearest_neighbour_scores
+    from ._images import resize_images
     from .metrics import image_auprc, image_auroc
     from .model_selection import contaminated_split
 
@@ -466,7 +453,7 @@ def _cmd_demo(args):
         rng = np.random.RandomState(args.seed)
         normal_idx = np.sort(rng.permutation(normal_idx)[:args.limit])
         anomalous_idx = np.sort(rng.permutation(anomalous_idx)[:args.limit])
-    images = _resize_all(elpv.images[np.r_[normal_idx, anomalous_idx]], args.image_size)
+    images = resize_images(elpv.images[np.r_[normal_idx, anomalous_idx]], args.image_size)
     source = np.r_[normal_idx, anomalous_idx]
     X_train, y_train, X_test, y_test, idx = contaminated_split(
         images[:len(normal_idx)], images[len(normal_idx):], n_labeled=args.n_labeled,

@@ -9,22 +9,13 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
+from ._images import is_path_sequence
+
 __all__ = ["ContaminationInjector"]
 
 
 # --------------------------------------------------------------------------- shared helpers
 # Also used by skad.model_selection.
-
-
-def _is_path_sequence(X):
-    """True for a non-empty list, tuple, 1-D array or Series of str or path-like items."""
-    if not isinstance(X, list | tuple):
-        if not hasattr(X, "__array__"):
-            return False
-        X = np.asarray(X)  # ndarray or pandas Series of paths
-        if X.ndim != 1 or X.dtype.kind not in "UO":
-            return False
-    return len(X) > 0 and all(isinstance(x, str | os.PathLike) for x in X)
 
 
 def _check_images(X, name):
@@ -33,7 +24,7 @@ def _check_images(X, name):
     Arrays must be numeric (bool, int or float) with at least 2 dimensions, the first
     one indexing samples.
     """
-    if _is_path_sequence(X):
+    if is_path_sequence(X):
         return "paths", [os.fspath(x) for x in X]
     if isinstance(X, list | tuple) and len(X) == 0:
         raise ValueError(f"{name} is empty; pass at least one image.")

@@ -36,9 +36,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
+from .._images import resize_images
 from . import require_bench_extra
 
 RESULTS = Path("benchmarks") / "results"
@@ -157,16 +156,6 @@ register("PatchCore pruned", _frozen("PatchCoreDetector", prune_with_labels=True
 register("PaDiM", _frozen("PaDiMDetector"))
 
 
-def resize_all(images, size, batch=256):
-    """uint8 (n, H, W) -> uint8 (n, size, size), antialiased, once."""
-    out = []
-    for start in range(0, len(images), batch):
-        x = torch.from_numpy(images[start:start + batch]).float()[:, None]
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-        out.append(x[:, 0].round().clamp(0, 255).to(torch.uint8).numpy())
-    return np.concatenate(out)
-
-
 def _jobs(args):
     jobs = [(m, lvl, n) for m in args.models for lvl in args.levels for n in args.n_labeled]
     jobs += [(m, args.ablation_level, args.n_labeled[0]) for m in args.ablations]
@@ -183,7 +172,7 @@ def run(args):
     from skad.model_selection import contaminated_split
 
     elpv = load_elpv()
-    images = resize_all(elpv.images, args.image_size)
+    images = resize_images(elpv.images, args.image_size)
     normal, anomalous = images[elpv.probability == 0], images[elpv.probability == 1]
     split_kw = {}
     if args.setting == "hard":
