@@ -345,3 +345,32 @@ def test_rejects_bad_sizes(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ConditionalFlow(**kwargs)
 
+
+# --- FrEIA -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_features, cond_dim", [(5, 3), (8, 0), (33, 16)])
+def test_block_computes_what_freias_all_in_one_block_computes(n_features, cond_dim):
+    # BGAD's block: FrEIA's AllInOneBlock with a Linear(k, 2k)-ReLU-Linear(2k, out) subnet,
+    # affine_clamping=1.9, SOFTPLUS global affine and a soft (orthogonal) permutation.
+    # FrEIA is not a dependency: this runs where it happens to be installed.
+    modules = pytest.importorskip("FrEIA.modules")
+    ours = perturb(AffineCouplingBlock(n_features, cond_dim=cond_dim, generator=gen(0)), 0)
+    theirs = modules.AllInOneBlock(
+        [(n_features,)], dims_c=[(cond_dim,)] if cond_dim else [],
+        subnet_constructor=lambda k, out: torch.nn.Sequential(
+            torch.nn.Linear(k, 2 * k), torch.nn.ReLU(), torch.nn.Linear(2 * k, out)),
+        affine_clamping=1.9, global_affine_type="SOFTPLUS", permute_soft=True)
+    theirs.subnet.load_state_dict(ours.subnet.state_dict())
+    with torch.no_grad():
+        theirs.global_scale.copy_(ours.global_scale_raw[None])
+        theirs.global_offset.copy_(ours.global_offset[None])
+        theirs.w_perm.copy_(ours.rotation)
+        theirs.w_perm_inv.copy_(ours.rotation.T)
+    x, c = inputs(50, n_features, cond_dim, scale=3.0)
+    conditions = [c] if cond_dim else []
+    for rev in (False, True):
+        (z_theirs,), log_jac_det_theirs = theirs((x,), c=conditions, rev=rev)
+        z, log_jac_det = ours(x, c, rev=rev)
+        torch.testing.assert_close(z, z_theirs)
+        torch.testing.assert_close(log_jac_det, log_jac_det_theirs)
