@@ -28,7 +28,7 @@ class FlowOutput(NamedTuple):
 
     A plain tuple (FrEIA's ``(output, log_jac_det)`` contract), with names.
 
-    Attributes
+    Parameters
     ----------
     z : Tensor of shape (N, D)
         The transformed rows (the latent codes in the forward direction).
