@@ -17,6 +17,16 @@ from skad.nn.flows import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # the tensors here are tiny: a second thread brings nothing, and where the cores are shared
+    # its spin-waits make the training test 2-10x slower
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
+
+
 def gen(seed):
     return torch.Generator().manual_seed(seed)
 
