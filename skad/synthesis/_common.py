@@ -12,7 +12,7 @@ import torch.nn.functional as nnf
 from torch import Tensor
 
 
-def _check_generator(generator, device):
+def check_generator(generator, device):
     """Return ``generator`` or, for None, a fresh one on ``device``.
 
     The fresh generator is seeded from torch's global generator, so that
@@ -30,7 +30,7 @@ def _check_generator(generator, device):
     return generator
 
 
-def _rand(generator, *shape, device, dtype=torch.float32):
+def rand(generator, *shape, device, dtype=torch.float32):
     """Uniform [0, 1) draws made on the generator's device, moved to ``device``.
 
     Drawing on the generator's device lets a CPU generator drive CUDA work
@@ -39,23 +39,23 @@ def _rand(generator, *shape, device, dtype=torch.float32):
     return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
-def _randn(generator, *shape, device, dtype=torch.float32):
+def randn(generator, *shape, device, dtype=torch.float32):
     """Standard normal draws made on the generator's device, moved to ``device``."""
     return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
-def _uniform(u, low, high):
+def uniform(u, low, high):
     """Map uniforms ``u`` in [0, 1) to [low, high)."""
     return low + u * (high - low)
 
 
-def _uniform_int(u, n):
+def uniform_int(u, n):
     """Map uniforms ``u`` in [0, 1) to integers in {0, ..., n - 1}."""
     # clamp: u * n can round up to n in floating point.
     return (u * n).floor().long().clamp_(max=n - 1)
 
 
-def _check_pair(value, name, *, low=-math.inf, high=math.inf):
+def check_pair(value, name, *, low=-math.inf, high=math.inf):
     """Validate a (min, max) pair of reals with low <= min <= max <= high."""
     ok = (
         isinstance(value, (tuple, list))
@@ -71,7 +71,7 @@ def _check_pair(value, name, *, low=-math.inf, high=math.inf):
     return float(value[0]), float(value[1])
 
 
-def _check_int(value, name, *, low, high=None):
+def check_int(value, name, *, low, high=None):
     """Validate an integer in [low, high]."""
     ok = isinstance(value, Integral) and not isinstance(value, bool) and value >= low
     if ok and high is not None:
@@ -82,7 +82,7 @@ def _check_int(value, name, *, low, high=None):
     return int(value)
 
 
-def _check_shape(shape, ndim, name="shape"):
+def check_shape(shape, ndim, name="shape"):
     """Validate a tuple of ``ndim`` positive ints."""
     ok = (
         isinstance(shape, (tuple, list, torch.Size))
@@ -97,7 +97,7 @@ def _check_shape(shape, ndim, name="shape"):
     return tuple(int(s) for s in shape)
 
 
-def _check_images(images, name="images"):
+def check_images(images, name="images"):
     """Validate a floating-point (B, C, H, W) tensor with C in {1, 3}."""
     if not (isinstance(images, Tensor) and images.ndim == 4 and images.is_floating_point()):
         got = (
@@ -116,7 +116,7 @@ def _check_images(images, name="images"):
         )
 
 
-def _affine_warp(images, linear, *, padding_mode):
+def affine_warp(images, linear, *, padding_mode):
     """Bilinearly warp (B, C, H, W) images by per-image linear maps (B, 2, 2) about the centre.
 
     ``linear`` maps output pixel offsets from the image centre to input
@@ -144,14 +144,14 @@ def _affine_warp(images, linear, *, padding_mode):
     )
 
 
-def _rotation(degrees):
+def rotation(degrees):
     """2x2 rotation matrices (B, 2, 2) for angles in degrees (B,)."""
     rad = torch.deg2rad(degrees)
     cos, sin = rad.cos(), rad.sin()
     return torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
 
 
-def _reflect(index, size):
+def reflect(index, size):
     """Reflect integer coordinates into [0, size - 1] (mirror without edge repeat)."""
     period = (2 * (size - 1)).clamp(min=1)
     index = index.abs().remainder(period)

@@ -44,7 +44,7 @@ def _to_rgb_uint8(array):
 
 
 @functools.lru_cache(maxsize=1)
-def _builtin_sources():
+def builtin_sources():
     """The built-in images at native resolution, as (3, h, w) uint8 tensors.
 
     Cached: decoding the PNG/JPEG files costs a few hundred milliseconds and
@@ -56,7 +56,7 @@ def _builtin_sources():
     return tuple(_to_rgb_uint8(getattr(skimage.data, name)()) for name in _BUILTIN_NAMES)
 
 
-def _resize_cover(image, size):
+def resize_cover(image, size):
     """Resize (C, h, w) to cover ``size`` = (H, W) keeping its aspect, then centre-crop.
 
     Keeping the aspect ratio avoids stretching a texture's structure in one
@@ -71,14 +71,14 @@ def _resize_cover(image, size):
     return F.center_crop(image, [height, width])
 
 
-def _stack_resized(sources, size, *, device=None, as_float=True):
+def stack_resized(sources, size, *, device=None, as_float=True):
     """Resize every (3, h, w) uint8 source to ``size`` and stack them.
 
     Returns float32 in [0, 1] when ``as_float``, else uint8 (resizing is done
     on uint8 either way: torchvision's antialiased uint8 path is exact enough
     and several times faster than float).
     """
-    out = torch.stack([_resize_cover(src, size) for src in sources]).to(device)
+    out = torch.stack([resize_cover(src, size) for src in sources]).to(device)
     if not as_float:
         return out
     return out.to(torch.float32).div_(255.0)
@@ -113,7 +113,7 @@ def load_builtin_textures(size=256):
     torch.Size([10, 3, 64, 64])
     """
     size = _check_size(size)
-    return _stack_resized(_builtin_sources(), size)
+    return stack_resized(builtin_sources(), size)
 
 
 def _check_size(size):
@@ -133,7 +133,7 @@ def _check_size(size):
     return int(size[0]), int(size[1])
 
 
-def _load_folder(path):
+def load_texture_folder(path):
     """Load every image file directly in folder ``path`` as (3, h, w) uint8 tensors."""
     # Imported lazily: PIL is only needed for user folders.
     import numpy as np
