@@ -50,23 +50,45 @@ def uniform(u, low, high):
 
 
 def uniform_int(u, n):
-    """Map uniforms ``u`` in [0, 1) to integers in {0, ..., n - 1}."""
+    """Map uniforms ``u`` in [0, 1) to integers in {0, ..., n - 1}.
+
+    ``n`` is an int or an integer tensor broadcasting with ``u`` (one bound per
+    element), every bound >= 1.
+    """
     # clamp: u * n can round up to n in floating point.
     return (u * n).floor().long().clamp_(max=n - 1)
 
 
-def check_pair(value, name, *, low=-math.inf, high=math.inf):
-    """Validate a (min, max) pair of reals with low <= min <= max <= high."""
+def _within(x, low, high, closed):
+    """Whether ``low <= x <= high``, each bound open or closed as ``closed`` says.
+
+    Infinite bounds are not compared, so an unbounded check lets NaN through,
+    as the plain ``isinstance(x, Real)`` checks it replaces did.
+    """
+    above = low == -math.inf or (low <= x if closed in ("both", "left") else low < x)
+    below = high == math.inf or (x <= high if closed in ("both", "right") else x < high)
+    return above and below
+
+
+def check_pair(value, name, *, low=-math.inf, high=math.inf, closed="both"):
+    """Validate a (min, max) pair of reals with low <= min <= max <= high.
+
+    ``closed`` is which bounds the pair may reach, as in scikit-learn's
+    ``Interval``: "both", "left" (low only), "right" (high only) or "neither".
+    """
     ok = (
         isinstance(value, (tuple, list))
         and len(value) == 2
         and all(isinstance(v, Real) and not isinstance(v, bool) for v in value)
-        and low <= value[0] <= value[1] <= high
+        and value[0] <= value[1]
+        and all(_within(v, low, high, closed) for v in value)
     )
     if not ok:
+        lo = "<=" if closed in ("both", "left") else "<"
+        hi = "<=" if closed in ("both", "right") else "<"
         raise ValueError(
-            f"The '{name}' parameter must be a (min, max) pair with {low} <= min <= max "
-            f"<= {high}. Got {value!r} instead."
+            f"The '{name}' parameter must be a (min, max) pair with {low} {lo} min <= max "
+            f"{hi} {high}. Got {value!r} instead."
         )
     return float(value[0]), float(value[1])
 
@@ -97,19 +119,21 @@ def check_shape(shape, ndim, name="shape"):
     return tuple(int(s) for s in shape)
 
 
-def check_images(images, name="images"):
-    """Validate a floating-point (B, C, H, W) tensor with C in {1, 3}."""
+def describe(value):
+    """Shape and dtype of a tensor, else the type of ``value``, for error messages."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return repr(value) if value is None else f"a {type(value).__name__}"
+
+
+def check_images(images, name="images", *, gray_or_rgb=True):
+    """Validate a floating-point (B, C, H, W) tensor, with C in {1, 3} if ``gray_or_rgb``."""
     if not (isinstance(images, Tensor) and images.ndim == 4 and images.is_floating_point()):
-        got = (
-            f"a tensor of shape {tuple(images.shape)} and dtype {images.dtype}"
-            if isinstance(images, Tensor)
-            else type(images).__name__
-        )
         raise ValueError(
             f"The '{name}' parameter must be a floating-point tensor of shape (B, C, H, W). "
-            f"Got {got} instead."
+            f"Got {describe(images)} instead."
         )
-    if images.shape[1] not in (1, 3):
+    if gray_or_rgb and images.shape[1] not in (1, 3):
         raise ValueError(
             f"The '{name}' parameter must have 1 (grayscale) or 3 (RGB) channels. "
             f"Got {images.shape[1]} channels instead."

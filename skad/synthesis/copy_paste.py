@@ -16,6 +16,7 @@ from ._common import (
     check_generator,
     check_images,
     check_int,
+    describe,
     rand,
     randn,
     uniform,
@@ -326,7 +327,7 @@ def copy_paste(
     ):
         raise ValueError(
             "The 'anomalies' parameter must be a tensor of shape (N, C, h, w) with N >= 1 and "
-            f"C in {{1, 3}}. Got {_describe(anomalies)} instead."
+            f"C in {{1, 3}}. Got {describe(anomalies)} instead."
         )
     n_anomalies, _, src_h, src_w = anomalies.shape
     if isinstance(anomaly_masks, Tensor) and anomaly_masks.ndim == 3:
@@ -336,7 +337,7 @@ def copy_paste(
     ):
         raise ValueError(
             f"The 'anomaly_masks' parameter must be a tensor of shape ({n_anomalies}, 1, "
-            f"{src_h}, {src_w}) matching 'anomalies'. Got {_describe(anomaly_masks)} instead."
+            f"{src_h}, {src_w}) matching 'anomalies'. Got {describe(anomaly_masks)} instead."
         )
     n_aug = check_int(n_augmentations, "n_augmentations", low=0, high=_N_OPS)
     if foreground_threshold is not None and not (
@@ -451,8 +452,3 @@ def copy_paste(
     masks.view(-1).index_fill_(0, (pb * height + py) * width + px, 1.0)
     return out, masks
 
-
-def _describe(value):
-    if isinstance(value, Tensor):
-        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return type(value).__name__
