@@ -65,7 +65,7 @@ def smooth3x3(x):
     return out
 
 
-def _level_histograms(levels):
+def level_histograms(levels):
     """Per-image, per-channel 256-bin histograms (n, C, 256) float64 of uint8 images."""
     n, c = levels.shape[:2]
     offsets = torch.arange(n * c, device=levels.device)[:, None] * 256
@@ -182,7 +182,7 @@ class TextureCache:
                 level = stack_resized(native, size, as_float=False)
             buffers.append(level.flatten())
             smooth.append(_quantize(smooth3x3(level.float().div_(255.0))).flatten())
-            hists.append(_level_histograms(level))
+            hists.append(level_histograms(level))
             sizes.append(size)
             bases.append(offset)
             offset += level.numel()

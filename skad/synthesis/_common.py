@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
+# ITU-R 601 luma, the weights of torchvision's rgb_to_grayscale.
+LUMA = (0.299, 0.587, 0.114)
+
 
 def check_generator(generator, device):
     """Return ``generator`` or, for None, a fresh one on ``device``.
@@ -93,6 +96,27 @@ def check_pair(value, name, *, low=-math.inf, high=math.inf, closed="both"):
     return float(value[0]), float(value[1])
 
 
+def check_real(value, name, *, low=-math.inf, high=math.inf, closed="both", allow_none=False):
+    """Validate a real number within [low, high] (``closed`` as in :func:`check_pair`)."""
+    if allow_none and value is None:
+        return None
+    if not (
+        isinstance(value, Real)
+        and not isinstance(value, bool)
+        and _within(value, low, high, closed)
+    ):
+        bound = ""
+        if low != -math.inf or high != math.inf:
+            left = "[" if closed in ("both", "left") else "("
+            right = "]" if closed in ("both", "right") else ")"
+            bound = f" in {left}{low}, {high}{right}"
+        none = " or None" if allow_none else ""
+        raise ValueError(
+            f"The '{name}' parameter must be a real number{bound}{none}. Got {value!r} instead."
+        )
+    return float(value)
+
+
 def check_int(value, name, *, low, high=None):
     """Validate an integer in [low, high]."""
     ok = isinstance(value, Integral) and not isinstance(value, bool) and value >= low
@@ -117,6 +141,22 @@ def check_shape(shape, ndim, name="shape"):
             f"Got {shape!r} instead."
         )
     return tuple(int(s) for s in shape)
+
+
+def choose_ops(generator, batch, n_ops, n_chosen, *, device):
+    """Draw ``n_chosen`` distinct augmentations of ``n_ops`` per image, with their parameters.
+
+    Returns ``chosen`` (B, n_ops) bool and ``params`` (B, n_ops, 2) float64
+    uniforms. The draws have a fixed size whatever is chosen, so that a
+    generator state always gives the same augmentations and parameters.
+    """
+    op_rank = rand(generator, batch, n_ops, device=device)
+    params = rand(generator, batch, n_ops, 2, device=device, dtype=torch.float64)
+    chosen = torch.zeros(batch, n_ops, dtype=torch.bool, device=device)
+    if n_chosen > 0:
+        # The ops of smallest rank: n_chosen distinct ones, uniformly drawn.
+        chosen.scatter_(1, op_rank.argsort(dim=1)[:, :n_chosen], True)
+    return chosen, params
 
 
 def describe(value):

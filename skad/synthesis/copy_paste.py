@@ -5,17 +5,19 @@ images; randomness comes from an explicit :class:`torch.Generator`.
 """
 
 import math
-from numbers import Real
 
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from ._augment import smooth3x3
+from ._augment import level_histograms, smooth3x3
 from ._common import (
+    LUMA,
     check_generator,
     check_images,
     check_int,
+    check_real,
+    choose_ops,
     describe,
     rand,
     randn,
@@ -38,15 +40,12 @@ _OPS = (
 )
 _N_OPS = len(_OPS)
 
-# ITU-R 601 luma, the weights of torchvision's rgb_to_grayscale.
-_LUMA = (0.299, 0.587, 0.114)
-
 
 def _to_gray(x):
     """(..., C, H, W) with C in {1, 3} -> (..., 1, H, W) luma."""
     if x.shape[-3] == 1:
         return x
-    weights = torch.tensor(_LUMA, dtype=x.dtype, device=x.device)[:, None, None]
+    weights = torch.tensor(LUMA, dtype=x.dtype, device=x.device)[:, None, None]
     return (x * weights).sum(dim=-3, keepdim=True)
 
 
@@ -207,11 +206,8 @@ def _otsu_foreground(gray):
     not known, so the class holding fewer of the image's border pixels is
     taken as foreground (backgrounds usually surround objects).
     """
-    batch = gray.shape[0]
     levels = (gray[:, 0] * 255.0).round_().clamp_(0, 255).long()
-    offsets = torch.arange(batch, device=gray.device)[:, None] * 256
-    hist = torch.bincount((levels.flatten(1) + offsets).flatten(), minlength=batch * 256)
-    prob = hist.view(batch, 256).double()
+    prob = level_histograms(levels[:, None])[:, 0]
     prob = prob / prob.sum(1, keepdim=True)
     omega = prob.cumsum(1)
     mu = (prob * torch.arange(256, device=gray.device, dtype=torch.float64)).cumsum(1)
@@ -340,13 +336,7 @@ def copy_paste(
             f"{src_h}, {src_w}) matching 'anomalies'. Got {describe(anomaly_masks)} instead."
         )
     n_aug = check_int(n_augmentations, "n_augmentations", low=0, high=_N_OPS)
-    if foreground_threshold is not None and not (
-        isinstance(foreground_threshold, Real) and not isinstance(foreground_threshold, bool)
-    ):
-        raise ValueError(
-            "The 'foreground_threshold' parameter must be a float or None. "
-            f"Got {foreground_threshold!r} instead."
-        )
+    check_real(foreground_threshold, "foreground_threshold", allow_none=True)
     generator = check_generator(generator, device)
 
     source_masks = anomaly_masks.to(device) != 0
@@ -361,11 +351,7 @@ def copy_paste(
 
     # Fixed-size blocks of draws first: same generator state, same picks.
     u = rand(generator, batch, 3, device=device, dtype=torch.float64)
-    op_rank = rand(generator, batch, _N_OPS, device=device)
-    params = rand(generator, batch, _N_OPS, 2, device=device, dtype=torch.float64)
-    chosen = torch.zeros(batch, _N_OPS, dtype=torch.bool, device=device)
-    if n_aug > 0:
-        chosen.scatter_(1, op_rank.argsort(dim=1)[:, :n_aug], True)
+    chosen, params = choose_ops(generator, batch, _N_OPS, n_aug, device=device)
 
     # Cut each image's anomaly box, with a margin of its surroundings, into a
     # square canvas large enough for every box (square so that rotations and
@@ -451,4 +437,3 @@ def copy_paste(
     masks = torch.zeros(batch, 1, height, width, dtype=dtype, device=device)
     masks.view(-1).index_fill_(0, (pb * height + py) * width + px, 1.0)
     return out, masks
-

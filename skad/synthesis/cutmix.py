@@ -1,12 +1,20 @@
 """CutMix pseudo-anomalies (DRA recipe, ``ALGORITHMS.md`` section 0.4)."""
 
 import math
-from numbers import Real
 
 import torch
 from torch import Tensor
 
-from ._common import check_generator, check_images, check_pair, describe, rand, uniform, uniform_int
+from ._common import (
+    check_generator,
+    check_images,
+    check_pair,
+    check_real,
+    describe,
+    rand,
+    uniform,
+    uniform_int,
+)
 
 __all__ = ["cutmix"]
 
@@ -176,10 +184,7 @@ def cutmix(
         )
     area_lo, area_hi = check_pair(area, "area", low=0.0, high=1.0, closed="right")
     aspect_lo, aspect_hi = check_pair(aspect, "aspect", low=0.0, closed="right")
-    if not isinstance(jitter, Real) or isinstance(jitter, bool) or not 0 <= jitter < 1:
-        raise ValueError(
-            f"The 'jitter' parameter of cutmix must be a float in [0, 1). Got {jitter!r} instead."
-        )
+    check_real(jitter, "jitter", low=0, high=1, closed="left")
 
     device, dtype = images.device, images.dtype
     sources = sources.to(device=device, dtype=dtype)
@@ -245,4 +250,3 @@ def cutmix(
 
     new_images = torch.where(masks.bool(), patches, images)
     return new_images, masks
-

@@ -14,12 +14,15 @@ from torch import Tensor
 
 from ._augment import N_OPS, OP_INDEX, TABLE_OPS, TextureCache, hue_saturation_matrices
 from ._common import (
+    LUMA,
     affine_warp,
     check_generator,
     check_images,
     check_int,
     check_pair,
+    check_real,
     check_shape,
+    choose_ops,
     rand,
     reflect,
     rotation,
@@ -74,6 +77,24 @@ def _axis_weights(n, res, n_nodes, device):
     offset_weight.scatter_(2, left, ((1.0 - fade) * frac)[..., None])
     offset_weight.scatter_(2, right, (fade * (frac - 1.0))[..., None])
     return weight, offset_weight
+
+
+def _device_and_generator(device, generator):
+    """The output device (default: the generator's, else CPU) and a checked generator."""
+    if device is None:
+        device = generator.device if isinstance(generator, torch.Generator) else "cpu"
+    device = torch.device(device)
+    return device, check_generator(generator, device)
+
+
+def _check_mask_args(threshold, max_scale, rotate, rotate_name):
+    """Validated mask arguments, with a (0, 0) rotation range as None (no rotation)."""
+    threshold = check_real(threshold, "threshold")
+    max_scale = check_int(max_scale, "max_scale", low=0, high=16)
+    if rotate is not None:
+        rotate = check_pair(rotate, rotate_name)
+        rotate = None if rotate == (0.0, 0.0) else rotate
+    return threshold, max_scale, rotate
 
 
 def _check_scale(scale, batch, max_scale, generator, device):
@@ -156,10 +177,7 @@ def perlin_noise(shape, *, scale=None, max_scale=5, generator=None, device=None)
     """
     batch, height, width = check_shape(shape, 3)
     max_scale = check_int(max_scale, "max_scale", low=0, high=16)
-    if device is None:
-        device = generator.device if isinstance(generator, torch.Generator) else "cpu"
-    device = torch.device(device)
-    generator = check_generator(generator, device)
+    device, generator = _device_and_generator(device, generator)
 
     exponents = _check_scale(scale, batch, max_scale, generator, device)
     res = 2**exponents
@@ -285,20 +303,9 @@ def perlin_mask(
     (torch.Size([4, 1, 64, 64]), True)
     """
     batch, height, width = check_shape(shape, 3)
-    if not isinstance(threshold, Real) or isinstance(threshold, bool):
-        raise ValueError(f"The 'threshold' parameter must be a real number. Got {threshold!r}.")
-    max_scale = check_int(max_scale, "max_scale", low=0, high=16)
-    if rotate is not None:
-        rotate = check_pair(rotate, "rotate")
-        if rotate == (0.0, 0.0):
-            rotate = None
-    if device is None:
-        device = generator.device if isinstance(generator, torch.Generator) else "cpu"
-    device = torch.device(device)
-    generator = check_generator(generator, device)
-    masks = _perlin_mask_bool(
-        batch, height, width, float(threshold), max_scale, rotate, generator, device
-    )
+    threshold, max_scale, rotate = _check_mask_args(threshold, max_scale, rotate, "rotate")
+    device, generator = _device_and_generator(device, generator)
+    masks = _perlin_mask_bool(batch, height, width, threshold, max_scale, rotate, generator, device)
     return masks[:, None].float()
 
 
@@ -490,20 +497,8 @@ class PerlinAnomalySynthesizer:
             )
         check_pair(self.beta, "beta", low=0.0, high=1.0)
         check_int(self.n_augmentations, "n_augmentations", low=0, high=N_OPS)
-        rotate_prob = self.rotate_prob
-        if not (
-            isinstance(rotate_prob, Real)
-            and not isinstance(rotate_prob, bool)
-            and 0.0 <= rotate_prob <= 1.0
-        ):
-            raise ValueError(
-                f"The 'rotate_prob' parameter must be a float in [0, 1]. Got {rotate_prob!r}."
-            )
-        if not isinstance(self.threshold, Real) or isinstance(self.threshold, bool):
-            raise ValueError(f"The 'threshold' parameter must be a real. Got {self.threshold!r}.")
-        check_int(self.max_scale, "max_scale", low=0, high=16)
-        if self.mask_rotate is not None:
-            check_pair(self.mask_rotate, "mask_rotate")
+        check_real(self.rotate_prob, "rotate_prob", low=0, high=1)
+        _check_mask_args(self.threshold, self.max_scale, self.mask_rotate, "mask_rotate")
         scales = self.texture_scales
         if not (
             isinstance(scales, (tuple, list))
@@ -551,12 +546,7 @@ class PerlinAnomalySynthesizer:
         # All draws up front, in fixed-size blocks: a generator state gives the
         # same sources whatever ops happen to be drawn.
         u = rand(generator, batch, 6, device=device, dtype=torch.float64)
-        op_rank = rand(generator, batch, N_OPS, device=device)
-        params = rand(generator, batch, N_OPS, 2, device=device, dtype=torch.float64)
-        chosen = torch.zeros(batch, N_OPS, dtype=torch.bool, device=device)
-        if n_aug > 0:
-            # n_aug distinct ops per image: those with the smallest ranks.
-            chosen.scatter_(1, op_rank.argsort(dim=1)[:, :n_aug], True)
+        chosen, params = choose_ops(generator, batch, N_OPS, n_aug, device=device)
 
         # Per image: texture, scale level, window position, flips, rotation.
         texture = uniform_int(u[:, 0], cache.n_textures)
@@ -690,27 +680,14 @@ class PerlinAnomalySynthesizer:
         batch, n_channels, height, width = images.shape
         device = images.device
         generator = check_generator(generator, device)
-        rotate = self.mask_rotate
-        if rotate is not None:
-            rotate = check_pair(rotate, "mask_rotate")
-            rotate = None if rotate == (0.0, 0.0) else rotate
-
-        masks = _perlin_mask_bool(
-            batch,
-            height,
-            width,
-            float(self.threshold),
-            self.max_scale,
-            rotate,
-            generator,
-            device,
-        )
+        args = _check_mask_args(self.threshold, self.max_scale, self.mask_rotate, "mask_rotate")
+        masks = _perlin_mask_bool(batch, height, width, *args, generator, device)
         points = masks.flatten(1).nonzero()
         point_b, pixel = points[:, 0], points[:, 1]
         point_y, point_x = pixel // width, pixel % width
         colours = self._source_values(point_b, point_y, point_x, batch, height, width, generator)
         if n_channels == 1:
-            luma = torch.tensor([0.299, 0.587, 0.114], device=device)
+            luma = torch.tensor(LUMA, device=device)
             colours = (colours @ luma)[:, None]
 
         u = rand(generator, batch, 3, device=device, dtype=images.dtype)

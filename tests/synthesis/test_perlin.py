@@ -16,12 +16,12 @@ from skad.synthesis import (
 )
 from skad.synthesis import perlin as perlin_module
 from skad.synthesis._augment import (
-    _level_histograms,
     _tab_autocontrast,
     _tab_equalize,
     _tab_posterize,
     _tab_solarize,
     hue_saturation_matrices,
+    level_histograms,
     smooth3x3,
 )
 from skad.synthesis.perlin import _fade
@@ -205,7 +205,7 @@ def _identity(n):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_table_equalize_and_autocontrast_match_torchvision(seed):
     images = _u8(seed, low=30, high=200)
-    hist = _level_histograms(images)
+    hist = level_histograms(images)
     u = torch.zeros(2, 2, dtype=torch.float64)
     equalized = _apply(images, _tab_equalize(_identity(2), u, hist))
     assert torch.equal(equalized, F.equalize(images).float() / 255)
@@ -216,7 +216,7 @@ def test_table_equalize_and_autocontrast_match_torchvision(seed):
 
 def test_table_posterize_and_solarize_match_torchvision():
     images = _u8()
-    hist = _level_histograms(images)
+    hist = level_histograms(images)
     for bits in range(1, 8):
         u = torch.full((2, 2), (bits - 1 + 0.5) / 7, dtype=torch.float64)
         got = _apply(images, _tab_posterize(_identity(2), u, hist))
