@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from .._images import IMAGE_EXTENSIONS
+
 __all__ = ["load_builtin_textures"]
 
 # Images shipped inside the scikit-image wheel (``skimage/data/*.png|jpg``):
@@ -28,9 +30,6 @@ _BUILTIN_NAMES = (
     "astronaut",
     "immunohistochemistry",
 )
-
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-
 
 def _to_rgb_uint8(array):
     """(H, W) or (H, W, C) uint8 numpy array -> (3, H, W) uint8 tensor."""
@@ -142,7 +141,7 @@ def load_texture_folder(path):
     folder = Path(os.fspath(path))
     if not folder.is_dir():
         raise FileNotFoundError(f"The anomaly-source folder {str(folder)!r} does not exist.")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     images = []
     for file in files:
         with Image.open(file) as image:
@@ -150,6 +149,6 @@ def load_texture_folder(path):
     if not images:
         raise ValueError(
             f"The anomaly-source folder {str(folder)!r} holds no image files "
-            f"(looked for suffixes {sorted(_IMAGE_SUFFIXES)})."
+            f"(looked for suffixes {list(IMAGE_EXTENSIONS)})."
         )
     return tuple(images)

@@ -346,8 +346,8 @@ class PerlinAnomalySynthesizer:
             default=None
         Anomaly-source textures. A tensor holds N textures with C in {1, 3}
         (floating point in [0, 1], or uint8). A path names a folder whose
-        image files (png, jpg, bmp, tif, webp, gif) are loaded once, on first
-        use, with PIL. None uses the textures of
+        image files (png, jpg, jpeg, bmp, tif, tiff, webp) are loaded once, on
+        first use, with PIL. None uses the textures of
         :func:`load_builtin_textures`.
     beta : tuple of (float, float), default=(0.0, 0.8)
         Range of the blending factor beta, the weight the original image
