@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from sklearn.utils import Bunch
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from .._images import IMAGE_EXTENSIONS
 
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
@@ -550,7 +550,7 @@ def load_folder(
 
     Notes
     -----
-    Supported extensions are png, jpg, jpeg, bmp, tif and tiff (any case).
+    Supported extensions are png, jpg, jpeg, bmp, tif, tiff and webp (any case).
     Images are ordered by folder (the normal folder first, then the defect
     folders alphabetically) and then by file name. Hidden files and folders
     are ignored.
