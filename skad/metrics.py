@@ -25,6 +25,8 @@ import pandas as pd
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, make_scorer
 
+from ._labels import is_anomaly_from_labels
+
 __all__ = [
     "image_auroc",
     "image_auprc",
@@ -48,48 +50,6 @@ _CHUNK = 1 << 22
 # ---------------------------------------------------------------------------
 
 
-def _is_anomaly_from_labels(y_true):
-    """Return a boolean ``is_anomaly`` array from -1/+1 or boolean labels."""
-    y = np.asarray(y_true)
-    if y.ndim != 1:
-        raise ValueError(
-            f"y_true must be a 1-D array of image labels, got an array of shape {y.shape}."
-        )
-    if y.shape[0] == 0:
-        raise ValueError("y_true is empty.")
-    if y.dtype == object:  # e.g. a list mixing Python ints, or a pandas object column
-        y = np.asarray(y.tolist())
-    if y.dtype == bool:
-        is_anomaly = y
-    else:
-        uniques = None
-        if np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating):
-            uniques = np.unique(y)
-            valid = bool(np.isin(uniques, [-1, 1]).all())
-        else:
-            valid = False
-        if not valid:
-            found = uniques if uniques is not None else np.unique(y.astype(str))
-            raise ValueError(
-                "y_true must encode anomalies either with skad's labels (-1 = anomaly, "
-                "+1 = normal) or as a boolean array (True = anomaly); got "
-                f"dtype {y.dtype} with values {found[:10].tolist()}. With 0/1 labels, "
-                "`y == 1` is ambiguous (in skad +1 means *normal*): pass an explicit "
-                "boolean array `is_anomaly` (True = anomaly) or convert to -1/+1, e.g. "
-                "`np.where(is_anomaly, -1, 1)`."
-            )
-        is_anomaly = y == -1
-    n_anomalies = int(is_anomaly.sum())
-    if n_anomalies == 0 or n_anomalies == is_anomaly.shape[0]:
-        present = "anomalies" if n_anomalies else "normal samples"
-        raise ValueError(
-            f"Only one class is present in y_true (all {present}); the metric is "
-            "undefined. Both anomalies (-1 / True) and normal samples (+1 / False) "
-            "are needed."
-        )
-    return is_anomaly
-
-
 def _check_finite_numeric(a, name):
     """Check that ``a`` is real-valued and finite; return it as a float array."""
     if a.dtype == bool or np.issubdtype(a.dtype, np.integer):
@@ -103,19 +63,21 @@ def _check_finite_numeric(a, name):
     return a
 
 
-def _check_scores(anomaly_scores, n_samples):
+def _check_labels_scores(y_true, anomaly_scores):
+    """Validate image-level inputs; return ``(is_anomaly, scores)``."""
+    is_anomaly = is_anomaly_from_labels(y_true)
     scores = np.asarray(anomaly_scores)
     if scores.ndim != 1:
         raise ValueError(
             "anomaly_scores must be a 1-D array of per-image scores, got an array of "
             f"shape {scores.shape}."
         )
-    if scores.shape[0] != n_samples:
+    if scores.shape[0] != is_anomaly.shape[0]:
         raise ValueError(
-            f"y_true and anomaly_scores have inconsistent lengths: {n_samples} labels "
+            f"y_true and anomaly_scores have inconsistent lengths: {is_anomaly.shape[0]} labels "
             f"but {scores.shape[0]} scores."
         )
-    return _check_finite_numeric(scores, "anomaly_scores")
+    return is_anomaly, _check_finite_numeric(scores, "anomaly_scores")
 
 
 def _check_masks_maps(masks, maps):
@@ -325,8 +287,7 @@ def image_auroc(y_true, anomaly_scores):
     >>> image_auroc([True, False, False, True], [0.9, 0.1, 0.4, 0.35])
     0.75
     """
-    is_anomaly = _is_anomaly_from_labels(y_true)
-    scores = _check_scores(anomaly_scores, is_anomaly.shape[0])
+    is_anomaly, scores = _check_labels_scores(y_true, anomaly_scores)
     return float(_binary_auroc(scores[is_anomaly], scores[~is_anomaly]))
 
 
@@ -375,8 +336,7 @@ def image_auprc(y_true, anomaly_scores):
     >>> image_auprc(y, [0.5, 0.5, 0.5, 0.5])
     0.5
     """
-    is_anomaly = _is_anomaly_from_labels(y_true)
-    scores = _check_scores(anomaly_scores, is_anomaly.shape[0])
+    is_anomaly, scores = _check_labels_scores(y_true, anomaly_scores)
     return float(average_precision_score(is_anomaly.astype(np.int8), scores, pos_label=1))
 
 

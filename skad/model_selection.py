@@ -7,7 +7,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils import Bunch, check_random_state
 
-from .preprocessing import _add_gaussian_noise, _check_images, _check_same_layout, _take
+from ._image_sets import add_gaussian_noise, check_image_set, check_same_layout, take
 
 __all__ = ["contaminated_split", "n_contaminants"]
 
@@ -246,9 +246,9 @@ def contaminated_split(
     >>> X_train.shape, int((y_train == -1).sum()), X_test.shape, int((y_test == -1).sum())
     ((35, 8, 8), 2, (25, 8, 8), 15)
     """
-    kind_n, X_normal = _check_images(X_normal, "X_normal")
-    kind_a, X_anomalous = _check_images(X_anomalous, "X_anomalous")
-    _check_same_layout(kind_n, X_normal, "X_normal", kind_a, X_anomalous, "X_anomalous")
+    kind_n, X_normal = check_image_set(X_normal, "X_normal")
+    kind_a, X_anomalous = check_image_set(X_anomalous, "X_anomalous")
+    check_same_layout(kind_n, X_normal, "X_normal", kind_a, X_anomalous, "X_anomalous")
     n_normal, n_anomalous = len(X_normal), len(X_anomalous)
     if not isinstance(n_labeled, Integral) or isinstance(n_labeled, bool) or n_labeled < 0:
         raise ValueError(f"n_labeled must be a non-negative int; got {n_labeled!r}.")
@@ -335,11 +335,11 @@ def contaminated_split(
 
     X_train, X_test = gather(train), gather(test)
     if noise_std > 0 and n_c > 0:
-        X_train[is_contaminant] = _add_gaussian_noise(X_train[is_contaminant], noise_std, rng)
+        X_train[is_contaminant] = add_gaussian_noise(X_train[is_contaminant], noise_std, rng)
 
     result = [X_train, y_train, X_test, y_test]
     if masks is not None:
-        test_masks = _take(
+        test_masks = take(
             "array" if isinstance(masks, np.ndarray) else "paths", masks, anomalous_test
         )
         if isinstance(masks, np.ndarray):

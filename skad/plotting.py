@@ -9,6 +9,7 @@ returns the axes.
 
 import numpy as np
 
+from ._labels import is_anomaly_from_labels
 from ._optional import import_optional
 
 __all__ = ["plot_auroc_vs_contamination", "plot_overlay", "plot_score_histogram"]
@@ -146,10 +147,8 @@ def plot_score_histogram(scores, y, ax=None, *, bins=30, threshold=None, density
         The axes drawn on; ``ax.containers`` holds the normal then the
         anomalous bars.
     """
-    from .metrics import _is_anomaly_from_labels
-
     scores = np.asarray(scores, dtype=np.float64)
-    is_anomaly = _is_anomaly_from_labels(y)
+    is_anomaly = is_anomaly_from_labels(y)
     if scores.ndim != 1 or len(scores) != len(is_anomaly):
         raise ValueError(
             f"scores must be 1-D with one score per label; got shape {scores.shape} for "

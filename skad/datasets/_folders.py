@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from sklearn.utils import Bunch
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from .._images import IMAGE_EXTENSIONS
 
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
@@ -26,7 +26,7 @@ def _is_image_file(path):
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _list_images(directory):
+def list_images(directory):
     """Image files of ``directory`` (not recursive), sorted by file name."""
     return sorted(
         (p for p in Path(directory).iterdir() if _is_image_file(p) and not p.name.startswith(".")),
@@ -34,7 +34,7 @@ def _list_images(directory):
     )
 
 
-def _list_subdirs(directory):
+def list_subdirs(directory):
     """Visible sub-directories of ``directory``, sorted by name."""
     return sorted(
         (p for p in Path(directory).iterdir() if p.is_dir() and not p.name.startswith(".")),
@@ -42,12 +42,17 @@ def _list_subdirs(directory):
     )
 
 
+# Old names, kept for skad.cli until the core restructure lands.
+_list_images = list_images
+_list_subdirs = list_subdirs
+
+
 def _check_dir(path, argument, what):
     path = Path(path)
     if not path.is_dir():
         parent = path.parent
         if parent.is_dir():
-            found = [p.name for p in _list_subdirs(parent)]
+            found = [p.name for p in list_subdirs(parent)]
             hint = f" {str(parent)!r} contains: {found}."
         else:
             hint = ""
@@ -67,10 +72,7 @@ def _check_image_size(image_size):
     try:
         height, width = image_size
     except (TypeError, ValueError):
-        raise ValueError(
-            "image_size must be None, a positive int or a (height, width) pair of positive "
-            f"ints; got {image_size!r}."
-        ) from None
+        height = width = None  # not a pair: rejected below
     if not all(
         isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in (height, width)
     ):
@@ -225,6 +227,33 @@ def _find_mask(mask_dir, stem, suffix):
     return None
 
 
+def _class_folders(folders, normal, mask_dir, mask_suffix):
+    """Images of class folders, in order: ``(images, masks, target, defect_type)`` lists.
+
+    The folder named ``normal`` holds normal images (defect type ``"good"``),
+    every other one anomalous images of its name's defect type, whose masks
+    are looked up in ``mask_dir/<defect>/`` (no masks when ``mask_dir`` is None).
+    """
+    images, masks, target, defect_type = [], [], [], []
+    for folder in folders:
+        files = list_images(folder)
+        if not files:
+            raise ValueError(
+                f"Folder {str(folder)!r} contains no images with extensions {IMAGE_EXTENSIONS}; "
+                "remove it or add images."
+            )
+        is_normal = folder.name == normal
+        for path in files:
+            images.append(path)
+            if is_normal or mask_dir is None:
+                masks.append(None)
+            else:
+                masks.append(_find_mask(mask_dir / folder.name, path.stem, mask_suffix))
+            target.append(1 if is_normal else -1)
+            defect_type.append("good" if is_normal else folder.name)
+    return images, masks, target, defect_type
+
+
 def _check_split(split):
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}.")
@@ -312,33 +341,17 @@ def load_mvtec(root, category, split="test", *, return_arrays=False, image_size=
     if not category_dir.is_dir():
         raise ValueError(
             f"Category {category!r} not found under {str(root)!r}; available categories: "
-            f"{[p.name for p in _list_subdirs(root)]}."
+            f"{[p.name for p in list_subdirs(root)]}."
         )
     split_dir = _check_dir(category_dir / split, "split", "MVTec split folder")
     gt_dir = category_dir / "ground_truth"
 
-    defect_dirs = _list_subdirs(split_dir)
+    defect_dirs = list_subdirs(split_dir)
     defect_dirs.sort(key=lambda p: (p.name != "good", p.name))
     if not defect_dirs:
         raise ValueError(f"{str(split_dir)!r} has no defect folders; expected at least 'good/'.")
-    images, masks, target, defect_type = [], [], [], []
-    for folder in defect_dirs:
-        files = _list_images(folder)
-        if not files:
-            raise ValueError(
-                f"Folder {str(folder)!r} contains no images with extensions {IMAGE_EXTENSIONS}."
-            )
-        normal = folder.name == "good"
-        for path in files:
-            images.append(path)
-            masks.append(None if normal else _find_mask(gt_dir / folder.name, path.stem, "_mask"))
-            target.append(1 if normal else -1)
-            defect_type.append(folder.name)
     return _make_bunch(
-        images,
-        masks,
-        target,
-        defect_type,
+        *_class_folders(defect_dirs, "good", gt_dir, "_mask"),
         return_arrays=return_arrays,
         image_size=image_size,
         descr=_MVTEC_DESCR,
@@ -550,7 +563,7 @@ def load_folder(
 
     Notes
     -----
-    Supported extensions are png, jpg, jpeg, bmp, tif and tiff (any case).
+    Supported extensions are png, jpg, jpeg, bmp, tif, tiff and webp (any case).
     Images are ordered by folder (the normal folder first, then the defect
     folders alphabetically) and then by file name. Hidden files and folders
     are ignored.
@@ -569,7 +582,7 @@ def load_folder(
             mask_dir = root / mask_dir
         mask_dir = _check_dir(mask_dir, "mask_dir", "Mask folder")
     subdirs = [
-        p for p in _list_subdirs(root) if mask_dir is None or p.resolve() != mask_dir.resolve()
+        p for p in list_subdirs(root) if mask_dir is None or p.resolve() != mask_dir.resolve()
     ]
     names = [p.name for p in subdirs]
     if normal not in names:
@@ -578,29 +591,8 @@ def load_folder(
             "Pass normal=<folder name>."
         )
     subdirs.sort(key=lambda p: (p.name != normal, p.name))
-
-    images, masks, target, defect_type = [], [], [], []
-    for folder in subdirs:
-        files = _list_images(folder)
-        if not files:
-            raise ValueError(
-                f"Folder {str(folder)!r} contains no images with extensions {IMAGE_EXTENSIONS}; "
-                "remove it or add images."
-            )
-        is_normal = folder.name == normal
-        for path in files:
-            images.append(path)
-            if is_normal or mask_dir is None:
-                masks.append(None)
-            else:
-                masks.append(_find_mask(mask_dir / folder.name, path.stem, mask_suffix))
-            target.append(1 if is_normal else -1)
-            defect_type.append("good" if is_normal else folder.name)
     return _make_bunch(
-        images,
-        masks,
-        target,
-        defect_type,
+        *_class_folders(subdirs, normal, mask_dir, mask_suffix),
         return_arrays=return_arrays,
         image_size=image_size,
         descr=_FOLDER_DESCR,

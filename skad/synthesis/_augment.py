@@ -23,8 +23,8 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import _uniform, _uniform_int
-from ._textures import _resize_cover, _stack_resized
+from ._common import uniform, uniform_int
+from ._textures import resize_cover, stack_resized
 
 _OPS = (
     "gamma",
@@ -38,8 +38,8 @@ _OPS = (
     "equalize",
     "rotate",
 )
-_N_OPS = len(_OPS)
-_OP = {name: k for k, name in enumerate(_OPS)}
+N_OPS = len(_OPS)
+OP_INDEX = {name: k for k, name in enumerate(_OPS)}
 
 
 def _as_4d(values):
@@ -51,7 +51,7 @@ def _quantize(x):
     return x.mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
 
 
-def _smooth3x3(x):
+def smooth3x3(x):
     """torchvision's sharpness "degenerate" image: 3x3 kernel [1 1 1; 1 5 1; 1 1 1] / 13.
 
     Border pixels are kept, as in torchvision. Written with shifted slices
@@ -65,7 +65,7 @@ def _smooth3x3(x):
     return out
 
 
-def _level_histograms(levels):
+def level_histograms(levels):
     """Per-image, per-channel 256-bin histograms (n, C, 256) float64 of uint8 images."""
     n, c = levels.shape[:2]
     offsets = torch.arange(n * c, device=levels.device)[:, None] * 256
@@ -73,7 +73,7 @@ def _level_histograms(levels):
     return torch.bincount(flat, minlength=n * c * 256).view(n, c, 256).double()
 
 
-def _hue_saturation_matrices(angle, saturation):
+def hue_saturation_matrices(angle, saturation):
     """Per-image 3x3 RGB matrices (B, 3, 3) rotating hue and scaling saturation.
 
     In YIQ space hue is the angle and saturation the radius of the (I, Q)
@@ -98,26 +98,26 @@ def _hue_saturation_matrices(angle, saturation):
 # each 8-bit source level), uniforms u (n, 2) float64, source histograms h
 # (n, 3, 256) (read by autocontrast and equalize only) -> new tables.
 def _tab_gamma(t, u, h):
-    return t.pow(_uniform(u[:, 0], 0.5, 2.0)[:, None, None])
+    return t.pow(uniform(u[:, 0], 0.5, 2.0)[:, None, None])
 
 
 def _tab_brightness(t, u, h):
     # ×[0.8, 1.2] then +[-30, 30] grey levels, as imgaug's
     # MultiplyAndAddToBrightness, but on every channel rather than on the
     # luminance only (which is what makes it a per-channel table).
-    mul = _uniform(u[:, 0], 0.8, 1.2)[:, None, None]
-    add = _uniform(u[:, 1], -30.0, 30.0)[:, None, None] / 255.0
+    mul = uniform(u[:, 0], 0.8, 1.2)[:, None, None]
+    add = uniform(u[:, 1], -30.0, 30.0)[:, None, None] / 255.0
     return (t * mul + add).clamp_(0.0, 1.0)
 
 
 def _tab_solarize(t, u, h):
-    threshold = _uniform(u[:, 0], 32.0, 128.0)[:, None, None] / 255.0
+    threshold = uniform(u[:, 0], 32.0, 128.0)[:, None, None] / 255.0
     return torch.where(t >= threshold, 1.0 - t, t)
 
 
 def _tab_posterize(t, u, h):
     # Keep 1-7 bits of the 8-bit value (8 would be the identity), as PIL.
-    step = (2.0 ** (8 - (_uniform_int(u[:, 0], 7) + 1)))[:, None, None].to(t.dtype)
+    step = (2.0 ** (8 - (uniform_int(u[:, 0], 7) + 1)))[:, None, None].to(t.dtype)
     return ((t * 255.0).round_() / step).floor_().mul_(step).div_(255.0)
 
 
@@ -151,18 +151,18 @@ def _tab_equalize(t, u, h):
 
 # Application order of the table ops (fixed; see the Notes of
 # PerlinAnomalySynthesizer).
-_TABLE_OPS = (
-    (_OP["gamma"], _tab_gamma),
-    (_OP["brightness"], _tab_brightness),
-    (_OP["solarize"], _tab_solarize),
-    (_OP["posterize"], _tab_posterize),
-    (_OP["invert"], _tab_invert),
-    (_OP["autocontrast"], _tab_autocontrast),
-    (_OP["equalize"], _tab_equalize),
+TABLE_OPS = (
+    (OP_INDEX["gamma"], _tab_gamma),
+    (OP_INDEX["brightness"], _tab_brightness),
+    (OP_INDEX["solarize"], _tab_solarize),
+    (OP_INDEX["posterize"], _tab_posterize),
+    (OP_INDEX["invert"], _tab_invert),
+    (OP_INDEX["autocontrast"], _tab_autocontrast),
+    (OP_INDEX["equalize"], _tab_equalize),
 )
 
 
-class _TextureCache:
+class TextureCache:
     """Textures resized for one image size and device, flattened for gathers.
 
     For every scale s the N textures are resized to cover s * (H, W) and
@@ -177,12 +177,12 @@ class _TextureCache:
         for scale in scales:
             size = (math.ceil(scale * height), math.ceil(scale * width))
             if isinstance(native, Tensor):
-                level = _quantize(_resize_cover(native, size).clamp(0.0, 1.0))
+                level = _quantize(resize_cover(native, size).clamp(0.0, 1.0))
             else:
-                level = _stack_resized(native, size, as_float=False)
+                level = stack_resized(native, size, as_float=False)
             buffers.append(level.flatten())
-            smooth.append(_quantize(_smooth3x3(level.float().div_(255.0))).flatten())
-            hists.append(_level_histograms(level))
+            smooth.append(_quantize(smooth3x3(level.float().div_(255.0))).flatten())
+            hists.append(level_histograms(level))
             sizes.append(size)
             bases.append(offset)
             offset += level.numel()

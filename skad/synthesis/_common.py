@@ -11,8 +11,11 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
+# ITU-R 601 luma, the weights of torchvision's rgb_to_grayscale.
+LUMA = (0.299, 0.587, 0.114)
 
-def _check_generator(generator, device):
+
+def check_generator(generator, device):
     """Return ``generator`` or, for None, a fresh one on ``device``.
 
     The fresh generator is seeded from torch's global generator, so that
@@ -30,7 +33,7 @@ def _check_generator(generator, device):
     return generator
 
 
-def _rand(generator, *shape, device, dtype=torch.float32):
+def rand(generator, *shape, device, dtype=torch.float32):
     """Uniform [0, 1) draws made on the generator's device, moved to ``device``.
 
     Drawing on the generator's device lets a CPU generator drive CUDA work
@@ -39,39 +42,82 @@ def _rand(generator, *shape, device, dtype=torch.float32):
     return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
-def _randn(generator, *shape, device, dtype=torch.float32):
+def randn(generator, *shape, device, dtype=torch.float32):
     """Standard normal draws made on the generator's device, moved to ``device``."""
     return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
-def _uniform(u, low, high):
+def uniform(u, low, high):
     """Map uniforms ``u`` in [0, 1) to [low, high)."""
     return low + u * (high - low)
 
 
-def _uniform_int(u, n):
-    """Map uniforms ``u`` in [0, 1) to integers in {0, ..., n - 1}."""
+def uniform_int(u, n):
+    """Map uniforms ``u`` in [0, 1) to integers in {0, ..., n - 1}.
+
+    ``n`` is an int or an integer tensor broadcasting with ``u`` (one bound per
+    element), every bound >= 1.
+    """
     # clamp: u * n can round up to n in floating point.
     return (u * n).floor().long().clamp_(max=n - 1)
 
 
-def _check_pair(value, name, *, low=-math.inf, high=math.inf):
-    """Validate a (min, max) pair of reals with low <= min <= max <= high."""
+def _within(x, low, high, closed):
+    """Whether ``low <= x <= high``, each bound open or closed as ``closed`` says.
+
+    Infinite bounds are not compared, so an unbounded check lets NaN through,
+    as the plain ``isinstance(x, Real)`` checks it replaces did.
+    """
+    above = low == -math.inf or (low <= x if closed in ("both", "left") else low < x)
+    below = high == math.inf or (x <= high if closed in ("both", "right") else x < high)
+    return above and below
+
+
+def check_pair(value, name, *, low=-math.inf, high=math.inf, closed="both"):
+    """Validate a (min, max) pair of reals with low <= min <= max <= high.
+
+    ``closed`` is which bounds the pair may reach, as in scikit-learn's
+    ``Interval``: "both", "left" (low only), "right" (high only) or "neither".
+    """
     ok = (
         isinstance(value, (tuple, list))
         and len(value) == 2
         and all(isinstance(v, Real) and not isinstance(v, bool) for v in value)
-        and low <= value[0] <= value[1] <= high
+        and value[0] <= value[1]
+        and all(_within(v, low, high, closed) for v in value)
     )
     if not ok:
+        lo = "<=" if closed in ("both", "left") else "<"
+        hi = "<=" if closed in ("both", "right") else "<"
         raise ValueError(
-            f"The '{name}' parameter must be a (min, max) pair with {low} <= min <= max "
-            f"<= {high}. Got {value!r} instead."
+            f"The '{name}' parameter must be a (min, max) pair with {low} {lo} min <= max "
+            f"{hi} {high}. Got {value!r} instead."
         )
     return float(value[0]), float(value[1])
 
 
-def _check_int(value, name, *, low, high=None):
+def check_real(value, name, *, low=-math.inf, high=math.inf, closed="both", allow_none=False):
+    """Validate a real number within [low, high] (``closed`` as in :func:`check_pair`)."""
+    if allow_none and value is None:
+        return None
+    if not (
+        isinstance(value, Real)
+        and not isinstance(value, bool)
+        and _within(value, low, high, closed)
+    ):
+        bound = ""
+        if low != -math.inf or high != math.inf:
+            left = "[" if closed in ("both", "left") else "("
+            right = "]" if closed in ("both", "right") else ")"
+            bound = f" in {left}{low}, {high}{right}"
+        none = " or None" if allow_none else ""
+        raise ValueError(
+            f"The '{name}' parameter must be a real number{bound}{none}. Got {value!r} instead."
+        )
+    return float(value)
+
+
+def check_int(value, name, *, low, high=None):
     """Validate an integer in [low, high]."""
     ok = isinstance(value, Integral) and not isinstance(value, bool) and value >= low
     if ok and high is not None:
@@ -82,7 +128,7 @@ def _check_int(value, name, *, low, high=None):
     return int(value)
 
 
-def _check_shape(shape, ndim, name="shape"):
+def check_shape(shape, ndim, name="shape"):
     """Validate a tuple of ``ndim`` positive ints."""
     ok = (
         isinstance(shape, (tuple, list, torch.Size))
@@ -97,26 +143,44 @@ def _check_shape(shape, ndim, name="shape"):
     return tuple(int(s) for s in shape)
 
 
-def _check_images(images, name="images"):
-    """Validate a floating-point (B, C, H, W) tensor with C in {1, 3}."""
+def choose_ops(generator, batch, n_ops, n_chosen, *, device):
+    """Draw ``n_chosen`` distinct augmentations of ``n_ops`` per image, with their parameters.
+
+    Returns ``chosen`` (B, n_ops) bool and ``params`` (B, n_ops, 2) float64
+    uniforms. The draws have a fixed size whatever is chosen, so that a
+    generator state always gives the same augmentations and parameters.
+    """
+    op_rank = rand(generator, batch, n_ops, device=device)
+    params = rand(generator, batch, n_ops, 2, device=device, dtype=torch.float64)
+    chosen = torch.zeros(batch, n_ops, dtype=torch.bool, device=device)
+    if n_chosen > 0:
+        # The ops of smallest rank: n_chosen distinct ones, uniformly drawn.
+        chosen.scatter_(1, op_rank.argsort(dim=1)[:, :n_chosen], True)
+    return chosen, params
+
+
+def describe(value):
+    """Shape and dtype of a tensor, else the type of ``value``, for error messages."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return repr(value) if value is None else f"a {type(value).__name__}"
+
+
+def check_images(images, name="images", *, gray_or_rgb=True):
+    """Validate a floating-point (B, C, H, W) tensor, with C in {1, 3} if ``gray_or_rgb``."""
     if not (isinstance(images, Tensor) and images.ndim == 4 and images.is_floating_point()):
-        got = (
-            f"a tensor of shape {tuple(images.shape)} and dtype {images.dtype}"
-            if isinstance(images, Tensor)
-            else type(images).__name__
-        )
         raise ValueError(
             f"The '{name}' parameter must be a floating-point tensor of shape (B, C, H, W). "
-            f"Got {got} instead."
+            f"Got {describe(images)} instead."
         )
-    if images.shape[1] not in (1, 3):
+    if gray_or_rgb and images.shape[1] not in (1, 3):
         raise ValueError(
             f"The '{name}' parameter must have 1 (grayscale) or 3 (RGB) channels. "
             f"Got {images.shape[1]} channels instead."
         )
 
 
-def _affine_warp(images, linear, *, padding_mode):
+def affine_warp(images, linear, *, padding_mode):
     """Bilinearly warp (B, C, H, W) images by per-image linear maps (B, 2, 2) about the centre.
 
     ``linear`` maps output pixel offsets from the image centre to input
@@ -144,14 +208,14 @@ def _affine_warp(images, linear, *, padding_mode):
     )
 
 
-def _rotation(degrees):
+def rotation(degrees):
     """2x2 rotation matrices (B, 2, 2) for angles in degrees (B,)."""
     rad = torch.deg2rad(degrees)
     cos, sin = rad.cos(), rad.sin()
     return torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
 
 
-def _reflect(index, size):
+def reflect(index, size):
     """Reflect integer coordinates into [0, size - 1] (mirror without edge repeat)."""
     period = (2 * (size - 1)).clamp(min=1)
     index = index.abs().remainder(period)

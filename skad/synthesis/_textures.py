@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from .._images import IMAGE_EXTENSIONS
+
 __all__ = ["load_builtin_textures"]
 
 # Images shipped inside the scikit-image wheel (``skimage/data/*.png|jpg``):
@@ -29,9 +31,6 @@ _BUILTIN_NAMES = (
     "immunohistochemistry",
 )
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-
-
 def _to_rgb_uint8(array):
     """(H, W) or (H, W, C) uint8 numpy array -> (3, H, W) uint8 tensor."""
     tensor = torch.from_numpy(array.copy())
@@ -44,7 +43,7 @@ def _to_rgb_uint8(array):
 
 
 @functools.lru_cache(maxsize=1)
-def _builtin_sources():
+def builtin_sources():
     """The built-in images at native resolution, as (3, h, w) uint8 tensors.
 
     Cached: decoding the PNG/JPEG files costs a few hundred milliseconds and
@@ -56,7 +55,7 @@ def _builtin_sources():
     return tuple(_to_rgb_uint8(getattr(skimage.data, name)()) for name in _BUILTIN_NAMES)
 
 
-def _resize_cover(image, size):
+def resize_cover(image, size):
     """Resize (C, h, w) to cover ``size`` = (H, W) keeping its aspect, then centre-crop.
 
     Keeping the aspect ratio avoids stretching a texture's structure in one
@@ -71,14 +70,14 @@ def _resize_cover(image, size):
     return F.center_crop(image, [height, width])
 
 
-def _stack_resized(sources, size, *, device=None, as_float=True):
+def stack_resized(sources, size, *, device=None, as_float=True):
     """Resize every (3, h, w) uint8 source to ``size`` and stack them.
 
     Returns float32 in [0, 1] when ``as_float``, else uint8 (resizing is done
     on uint8 either way: torchvision's antialiased uint8 path is exact enough
     and several times faster than float).
     """
-    out = torch.stack([_resize_cover(src, size) for src in sources]).to(device)
+    out = torch.stack([resize_cover(src, size) for src in sources]).to(device)
     if not as_float:
         return out
     return out.to(torch.float32).div_(255.0)
@@ -113,7 +112,7 @@ def load_builtin_textures(size=256):
     torch.Size([10, 3, 64, 64])
     """
     size = _check_size(size)
-    return _stack_resized(_builtin_sources(), size)
+    return stack_resized(builtin_sources(), size)
 
 
 def _check_size(size):
@@ -133,7 +132,7 @@ def _check_size(size):
     return int(size[0]), int(size[1])
 
 
-def _load_folder(path):
+def load_texture_folder(path):
     """Load every image file directly in folder ``path`` as (3, h, w) uint8 tensors."""
     # Imported lazily: PIL is only needed for user folders.
     import numpy as np
@@ -142,7 +141,7 @@ def _load_folder(path):
     folder = Path(os.fspath(path))
     if not folder.is_dir():
         raise FileNotFoundError(f"The anomaly-source folder {str(folder)!r} does not exist.")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     images = []
     for file in files:
         with Image.open(file) as image:
@@ -150,6 +149,6 @@ def _load_folder(path):
     if not images:
         raise ValueError(
             f"The anomaly-source folder {str(folder)!r} holds no image files "
-            f"(looked for suffixes {sorted(_IMAGE_SUFFIXES)})."
+            f"(looked for suffixes {list(IMAGE_EXTENSIONS)})."
         )
     return tuple(images)

@@ -5,21 +5,24 @@ images; randomness comes from an explicit :class:`torch.Generator`.
 """
 
 import math
-from numbers import Real
 
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from ._augment import _smooth3x3
+from ._augment import level_histograms, smooth3x3
 from ._common import (
-    _check_generator,
-    _check_images,
-    _check_int,
-    _rand,
-    _randn,
-    _uniform,
-    _uniform_int,
+    LUMA,
+    check_generator,
+    check_images,
+    check_int,
+    check_real,
+    choose_ops,
+    describe,
+    rand,
+    randn,
+    uniform,
+    uniform_int,
 )
 
 __all__ = ["copy_paste"]
@@ -37,15 +40,12 @@ _OPS = (
 )
 _N_OPS = len(_OPS)
 
-# ITU-R 601 luma, the weights of torchvision's rgb_to_grayscale.
-_LUMA = (0.299, 0.587, 0.114)
-
 
 def _to_gray(x):
     """(..., C, H, W) with C in {1, 3} -> (..., 1, H, W) luma."""
     if x.shape[-3] == 1:
         return x
-    weights = torch.tensor(_LUMA, dtype=x.dtype, device=x.device)[:, None, None]
+    weights = torch.tensor(LUMA, dtype=x.dtype, device=x.device)[:, None, None]
     return (x * weights).sum(dim=-3, keepdim=True)
 
 
@@ -53,7 +53,7 @@ def _sample_index(weights, u):
     """One index per row of non-negative ``weights`` (B, M), by inverse CDF at ``u`` (B,).
 
     torch.multinomial would need a generator on the weights' device; the
-    uniforms come from ``_rand`` instead, so any generator drives any device.
+    uniforms come from ``rand`` instead, so any generator drives any device.
     Rows must have a positive sum.
     """
     cdf = weights.double().cumsum(1)
@@ -99,7 +99,7 @@ def _op_flip(x, p, generator):
 
 
 def _op_rotate90(x, p, generator):
-    turns = _uniform_int(p[:, 0], 3) + 1
+    turns = uniform_int(p[:, 0], 3) + 1
     out = x.clone()
     for k in (1, 2, 3):
         idx = (turns == k).nonzero()[:, 0]
@@ -113,8 +113,8 @@ def _op_transpose(x, p, generator):
 
 
 def _op_noise(x, p, generator):
-    std = _uniform(p[:, 0], 0.02, 0.08)[:, None, None, None].to(x.dtype)
-    noise = _randn(generator, *x[:, :-1].shape, device=x.device, dtype=x.dtype)
+    std = uniform(p[:, 0], 0.02, 0.08)[:, None, None, None].to(x.dtype)
+    noise = randn(generator, *x[:, :-1].shape, device=x.device, dtype=x.dtype)
     patch = (x[:, :-1] + std * noise).clamp_(0.0, 1.0)
     return torch.cat([patch, x[:, -1:]], dim=1)
 
@@ -126,8 +126,8 @@ def _op_distortion(x, p, generator):
     n, _, size, _ = x.shape
     _, _, box_h, box_w = _bounding_boxes(x[:, -1] > 0.5)
     extent = torch.maximum(box_h, box_w).to(x.dtype)
-    amplitude = _uniform(p[:, 0], 0.03, 0.08).to(x.dtype) * extent * (2.0 / size)
-    coarse = _rand(generator, n, 2, 4, 4, device=x.device, dtype=x.dtype) * 2.0 - 1.0
+    amplitude = uniform(p[:, 0], 0.03, 0.08).to(x.dtype) * extent * (2.0 / size)
+    coarse = rand(generator, n, 2, 4, 4, device=x.device, dtype=x.dtype) * 2.0 - 1.0
     field = nnf.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True)
     field = field * amplitude[:, None, None, None]
     pos = torch.linspace(-1.0 + 1.0 / size, 1.0 - 1.0 / size, size, device=x.device, dtype=x.dtype)
@@ -139,15 +139,15 @@ def _op_distortion(x, p, generator):
 
 
 def _op_brightness(x, p, generator):
-    factor = _uniform(p[:, 0], 0.6, 1.4)[:, None, None, None].to(x.dtype)
+    factor = uniform(p[:, 0], 0.6, 1.4)[:, None, None, None].to(x.dtype)
     return torch.cat([(x[:, :-1] * factor).clamp_(0.0, 1.0), x[:, -1:]], dim=1)
 
 
 def _op_sharpness(x, p, generator):
     # torchvision's sharpness: blend with the 3x3-smoothed copy, factor > 1.
-    factor = _uniform(p[:, 0], 1.5, 3.0)[:, None, None, None].to(x.dtype)
+    factor = uniform(p[:, 0], 1.5, 3.0)[:, None, None, None].to(x.dtype)
     patch = x[:, :-1]
-    sharp = torch.lerp(_smooth3x3(patch), patch, factor).clamp_(0.0, 1.0)
+    sharp = torch.lerp(smooth3x3(patch), patch, factor).clamp_(0.0, 1.0)
     return torch.cat([sharp, x[:, -1:]], dim=1)
 
 
@@ -157,8 +157,8 @@ def _op_translate(x, p, generator):
     # patch). The paste position is random anyway; what this adds is
     # partially cut-off anomalies.
     top, left, box_h, box_w = _bounding_boxes(x[:, -1] > 0.5)
-    dy = (_uniform(p[:, 0], -0.2, 0.2) * box_h).round().long()
-    dx = (_uniform(p[:, 1], -0.2, 0.2) * box_w).round().long()
+    dy = (uniform(p[:, 0], -0.2, 0.2) * box_h).round().long()
+    dx = (uniform(p[:, 1], -0.2, 0.2) * box_w).round().long()
     shifted = _shift(x, dy, dx)
     pos = torch.arange(x.shape[-1], device=x.device)
     inside_y = (pos[None, :] >= top[:, None]) & (pos[None, :] < (top + box_h)[:, None])
@@ -172,7 +172,7 @@ def _op_blur(x, p, generator):
     # grouped separable convolution over the whole sub-batch.
     n, channels, size, _ = x.shape
     n_patch = channels - 1
-    sigma = _uniform(p[:, 0], 0.5, 1.5).to(x.dtype)
+    sigma = uniform(p[:, 0], 0.5, 1.5).to(x.dtype)
     radius = 4
     taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-0.5 * (taps[None, :] / sigma[:, None]) ** 2)
@@ -206,11 +206,8 @@ def _otsu_foreground(gray):
     not known, so the class holding fewer of the image's border pixels is
     taken as foreground (backgrounds usually surround objects).
     """
-    batch = gray.shape[0]
     levels = (gray[:, 0] * 255.0).round_().clamp_(0, 255).long()
-    offsets = torch.arange(batch, device=gray.device)[:, None] * 256
-    hist = torch.bincount((levels.flatten(1) + offsets).flatten(), minlength=batch * 256)
-    prob = hist.view(batch, 256).double()
+    prob = level_histograms(levels[:, None])[:, 0]
     prob = prob / prob.sum(1, keepdim=True)
     omega = prob.cumsum(1)
     mu = (prob * torch.arange(256, device=gray.device, dtype=torch.float64)).cumsum(1)
@@ -315,7 +312,7 @@ def copy_paste(
     >>> new_images.shape, bool((masks.flatten(1).sum(1) > 0).all())
     (torch.Size([4, 3, 32, 32]), True)
     """
-    _check_images(images)
+    check_images(images)
     batch, n_channels, height, width = images.shape
     device, dtype = images.device, images.dtype
     if not (
@@ -326,7 +323,7 @@ def copy_paste(
     ):
         raise ValueError(
             "The 'anomalies' parameter must be a tensor of shape (N, C, h, w) with N >= 1 and "
-            f"C in {{1, 3}}. Got {_describe(anomalies)} instead."
+            f"C in {{1, 3}}. Got {describe(anomalies)} instead."
         )
     n_anomalies, _, src_h, src_w = anomalies.shape
     if isinstance(anomaly_masks, Tensor) and anomaly_masks.ndim == 3:
@@ -336,17 +333,11 @@ def copy_paste(
     ):
         raise ValueError(
             f"The 'anomaly_masks' parameter must be a tensor of shape ({n_anomalies}, 1, "
-            f"{src_h}, {src_w}) matching 'anomalies'. Got {_describe(anomaly_masks)} instead."
+            f"{src_h}, {src_w}) matching 'anomalies'. Got {describe(anomaly_masks)} instead."
         )
-    n_aug = _check_int(n_augmentations, "n_augmentations", low=0, high=_N_OPS)
-    if foreground_threshold is not None and not (
-        isinstance(foreground_threshold, Real) and not isinstance(foreground_threshold, bool)
-    ):
-        raise ValueError(
-            "The 'foreground_threshold' parameter must be a float or None. "
-            f"Got {foreground_threshold!r} instead."
-        )
-    generator = _check_generator(generator, device)
+    n_aug = check_int(n_augmentations, "n_augmentations", low=0, high=_N_OPS)
+    check_real(foreground_threshold, "foreground_threshold", allow_none=True)
+    generator = check_generator(generator, device)
 
     source_masks = anomaly_masks.to(device) != 0
     valid = source_masks.flatten(1).any(1).nonzero()[:, 0]
@@ -359,19 +350,15 @@ def copy_paste(
         sources = sources.expand(-1, 3, -1, -1)
 
     # Fixed-size blocks of draws first: same generator state, same picks.
-    u = _rand(generator, batch, 3, device=device, dtype=torch.float64)
-    op_rank = _rand(generator, batch, _N_OPS, device=device)
-    params = _rand(generator, batch, _N_OPS, 2, device=device, dtype=torch.float64)
-    chosen = torch.zeros(batch, _N_OPS, dtype=torch.bool, device=device)
-    if n_aug > 0:
-        chosen.scatter_(1, op_rank.argsort(dim=1)[:, :n_aug], True)
+    u = rand(generator, batch, 3, device=device, dtype=torch.float64)
+    chosen, params = choose_ops(generator, batch, _N_OPS, n_aug, device=device)
 
     # Cut each image's anomaly box, with a margin of its surroundings, into a
     # square canvas large enough for every box (square so that rotations and
     # transposition keep the shape); the mask is an extra channel. The
     # surroundings give blur, sharpening and distortion real context at the
     # anomaly's edge instead of a black frame; the mask is kept zero there.
-    pick = valid[_uniform_int(u[:, 0], valid.numel())]
+    pick = valid[uniform_int(u[:, 0], valid.numel())]
     top, left, box_h, box_w = _bounding_boxes(source_masks[:, 0])
     top, left, box_h, box_w = top[pick], left[pick], box_h[pick], box_w[pick]
     extent = int(torch.maximum(box_h, box_w).max())
@@ -450,9 +437,3 @@ def copy_paste(
     masks = torch.zeros(batch, 1, height, width, dtype=dtype, device=device)
     masks.view(-1).index_fill_(0, (pb * height + py) * width + px, 1.0)
     return out, masks
-
-
-def _describe(value):
-    if isinstance(value, Tensor):
-        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return type(value).__name__

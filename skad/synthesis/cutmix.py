@@ -1,10 +1,20 @@
 """CutMix pseudo-anomalies (DRA recipe, ``ALGORITHMS.md`` section 0.4)."""
 
 import math
-from numbers import Real
 
 import torch
 from torch import Tensor
+
+from ._common import (
+    check_generator,
+    check_images,
+    check_pair,
+    check_real,
+    describe,
+    rand,
+    uniform,
+    uniform_int,
+)
 
 __all__ = ["cutmix"]
 
@@ -13,31 +23,6 @@ __all__ = ["cutmix"]
 _AREA, _ASPECT, _SOURCE, _SRC_Y, _SRC_X, _DST_Y, _DST_X = range(7)
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(7, 11)
 _N_DRAWS = 11
-
-
-def _check_range(value, name, *, low, high=None):
-    """Validate a (min, max) pair with low < min <= max (<= high)."""
-    ok = (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, Real) and not isinstance(v, bool) for v in value)
-    )
-    if ok:
-        lo, hi = float(value[0]), float(value[1])
-        ok = low < lo <= hi and (high is None or hi <= high)
-    if not ok:
-        bound = f"in ({low}, {high}]" if high is not None else f"> {low}"
-        raise ValueError(
-            f"The '{name}' parameter of cutmix must be a (min, max) pair with "
-            f"min <= max, both {bound}. Got {value!r} instead."
-        )
-    return lo, hi
-
-
-def _uniform_int(u, n):
-    """Map uniforms u in [0, 1) to integers in {0, ..., n - 1} (n >= 1, per element)."""
-    # clamp: u * n can round up to n in floating point.
-    return torch.minimum((u * n).floor().long(), n - 1)
 
 
 def _hue_rotation(theta):
@@ -180,11 +165,8 @@ def cutmix(
     >>> bool((masks.flatten(1).sum(1) >= 1).all())
     True
     """
-    if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(
-            "The 'images' parameter of cutmix must be a floating-point tensor of shape "
-            f"(B, C, H, W). Got {_describe(images)} instead."
-        )
+    # Any number of channels: cutmix works on normalised tensors of any kind.
+    check_images(images, gray_or_rgb=False)
     same_pool = sources is None or sources is images
     if sources is None:
         sources = images
@@ -198,14 +180,11 @@ def cutmix(
         raise ValueError(
             "The 'sources' parameter of cutmix must be None or a floating-point tensor "
             f"of shape (N, {images.shape[1]}, h, w) with N >= 1. "
-            f"Got {_describe(sources)} instead."
+            f"Got {describe(sources)} instead."
         )
-    area_lo, area_hi = _check_range(area, "area", low=0.0, high=1.0)
-    aspect_lo, aspect_hi = _check_range(aspect, "aspect", low=0.0)
-    if not isinstance(jitter, Real) or isinstance(jitter, bool) or not 0 <= jitter < 1:
-        raise ValueError(
-            f"The 'jitter' parameter of cutmix must be a float in [0, 1). Got {jitter!r} instead."
-        )
+    area_lo, area_hi = check_pair(area, "area", low=0.0, high=1.0, closed="right")
+    aspect_lo, aspect_hi = check_pair(aspect, "aspect", low=0.0, closed="right")
+    check_real(jitter, "jitter", low=0, high=1, closed="left")
 
     device, dtype = images.device, images.dtype
     sources = sources.to(device=device, dtype=dtype)
@@ -214,33 +193,29 @@ def cutmix(
     if n_images == 0:
         return images.clone(), images.new_zeros((0, 1, height, width))
 
-    if generator is None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(int(torch.randint(2**62, (1,))))
+    generator = check_generator(generator, device)
     # float64 draws so that floor(u * n) is exact for any realistic n.
-    u = torch.rand(
-        n_images, _N_DRAWS, generator=generator, device=generator.device, dtype=torch.float64
-    ).to(device)
+    u = rand(generator, n_images, _N_DRAWS, device=device, dtype=torch.float64)
 
     # Box size: sides from area and aspect, rounded, then clipped so the box
     # fits in both the image and the source.
-    box_area = (area_lo + u[:, _AREA] * (area_hi - area_lo)) * height * width
-    log_lo, log_hi = math.log(aspect_lo), math.log(aspect_hi)
-    ratio = torch.exp(log_lo + u[:, _ASPECT] * (log_hi - log_lo))
+    box_area = uniform(u[:, _AREA], area_lo, area_hi) * height * width
+    ratio = torch.exp(uniform(u[:, _ASPECT], math.log(aspect_lo), math.log(aspect_hi)))
     box_h = torch.sqrt(box_area / ratio).round().long().clamp(1, min(height, src_height))
     box_w = torch.sqrt(box_area * ratio).round().long().clamp(1, min(width, src_width))
 
     if same_pool and n_images > 1:
         # A box from the image itself would be a barely visible anomaly:
         # offset by 1..B-1 so the source is always another image.
-        offset = 1 + _uniform_int(u[:, _SOURCE], torch.full_like(box_h, n_images - 1))
+        offset = 1 + uniform_int(u[:, _SOURCE], n_images - 1)
         source_index = (torch.arange(n_images, device=device) + offset) % n_images
     else:
-        source_index = _uniform_int(u[:, _SOURCE], torch.full_like(box_h, n_sources))
-    src_y = _uniform_int(u[:, _SRC_Y], src_height - box_h + 1)
-    src_x = _uniform_int(u[:, _SRC_X], src_width - box_w + 1)
-    dst_y = _uniform_int(u[:, _DST_Y], height - box_h + 1)
-    dst_x = _uniform_int(u[:, _DST_X], width - box_w + 1)
+        source_index = uniform_int(u[:, _SOURCE], n_sources)
+    # Per-image bounds: uniform_int takes a tensor n as well.
+    src_y = uniform_int(u[:, _SRC_Y], src_height - box_h + 1)
+    src_x = uniform_int(u[:, _SRC_X], src_width - box_w + 1)
+    dst_y = uniform_int(u[:, _DST_Y], height - box_h + 1)
+    dst_x = uniform_int(u[:, _DST_X], width - box_w + 1)
 
     rows = torch.arange(height, device=device)
     cols = torch.arange(width, device=device)
@@ -275,9 +250,3 @@ def cutmix(
 
     new_images = torch.where(masks.bool(), patches, images)
     return new_images, masks
-
-
-def _describe(value):
-    if isinstance(value, Tensor):
-        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return repr(value) if value is None else f"a {type(value).__name__}"

@@ -12,21 +12,24 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from ._augment import _N_OPS, _OP, _TABLE_OPS, _hue_saturation_matrices, _TextureCache
+from ._augment import N_OPS, OP_INDEX, TABLE_OPS, TextureCache, hue_saturation_matrices
 from ._common import (
-    _affine_warp,
-    _check_generator,
-    _check_images,
-    _check_int,
-    _check_pair,
-    _check_shape,
-    _rand,
-    _reflect,
-    _rotation,
-    _uniform,
-    _uniform_int,
+    LUMA,
+    affine_warp,
+    check_generator,
+    check_images,
+    check_int,
+    check_pair,
+    check_real,
+    check_shape,
+    choose_ops,
+    rand,
+    reflect,
+    rotation,
+    uniform,
+    uniform_int,
 )
-from ._textures import _builtin_sources, _load_folder
+from ._textures import builtin_sources, load_texture_folder
 
 __all__ = ["perlin_noise", "perlin_mask", "PerlinAnomalySynthesizer"]
 
@@ -76,11 +79,29 @@ def _axis_weights(n, res, n_nodes, device):
     return weight, offset_weight
 
 
+def _device_and_generator(device, generator):
+    """The output device (default: the generator's, else CPU) and a checked generator."""
+    if device is None:
+        device = generator.device if isinstance(generator, torch.Generator) else "cpu"
+    device = torch.device(device)
+    return device, check_generator(generator, device)
+
+
+def _check_mask_args(threshold, max_scale, rotate, rotate_name):
+    """Validated mask arguments, with a (0, 0) rotation range as None (no rotation)."""
+    threshold = check_real(threshold, "threshold")
+    max_scale = check_int(max_scale, "max_scale", low=0, high=16)
+    if rotate is not None:
+        rotate = check_pair(rotate, rotate_name)
+        rotate = None if rotate == (0.0, 0.0) else rotate
+    return threshold, max_scale, rotate
+
+
 def _check_scale(scale, batch, max_scale, generator, device):
     """Per-image lattice exponents (B, 2) long: given, or drawn from U{0..max_scale}."""
     if scale is None:
-        u = _rand(generator, batch, 2, device=device, dtype=torch.float64)
-        return _uniform_int(u, max_scale + 1)
+        u = rand(generator, batch, 2, device=device, dtype=torch.float64)
+        return uniform_int(u, max_scale + 1)
     if isinstance(scale, Tensor):
         if scale.shape != (batch, 2) or scale.is_floating_point() or (scale < 0).any():
             raise ValueError(
@@ -154,19 +175,16 @@ def perlin_noise(shape, *, scale=None, max_scale=5, generator=None, device=None)
     >>> noise.shape, float(noise[0, 8, 16])
     (torch.Size([2, 32, 32]), 0.0)
     """
-    batch, height, width = _check_shape(shape, 3)
-    max_scale = _check_int(max_scale, "max_scale", low=0, high=16)
-    if device is None:
-        device = generator.device if isinstance(generator, torch.Generator) else "cpu"
-    device = torch.device(device)
-    generator = _check_generator(generator, device)
+    batch, height, width = check_shape(shape, 3)
+    max_scale = check_int(max_scale, "max_scale", low=0, high=16)
+    device, generator = _device_and_generator(device, generator)
 
     exponents = _check_scale(scale, batch, max_scale, generator, device)
     res = 2**exponents
     # A common node count lets all images share one batched matmul; images
     # with coarser lattices simply never weight the extra nodes.
     n_nodes = int(res.max()) + 1
-    angles = _rand(generator, batch, n_nodes, n_nodes, device=device) * (2 * math.pi)
+    angles = rand(generator, batch, n_nodes, n_nodes, device=device) * (2 * math.pi)
     grad_x, grad_y = angles.cos(), angles.sin()
 
     # noise[y, x] = sum_{j,i} wy_j(y) wx_i(x) (gx[j,i] dx_i(x) + gy[j,i] dy_j(y)),
@@ -182,13 +200,13 @@ def perlin_noise(shape, *, scale=None, max_scale=5, generator=None, device=None)
 
 def _blob_masks(batch, height, width, generator, device):
     """Random small ellipses (B, H, W) bool, each containing at least its centre pixel."""
-    u = _rand(generator, batch, 4, device=device)
+    u = rand(generator, batch, 4, device=device)
     # Centres on pixel centres and a radius >= 0.5 px guarantee a non-empty
     # mask; the radii span 5-15% of each side, a typical small defect.
-    cy = _uniform_int(_uniform(u[:, 0], 0.2, 0.8), height).float() + 0.5
-    cx = _uniform_int(_uniform(u[:, 1], 0.2, 0.8), width).float() + 0.5
-    ry = (_uniform(u[:, 2], 0.05, 0.15) * height).clamp_(min=0.5)
-    rx = (_uniform(u[:, 3], 0.05, 0.15) * width).clamp_(min=0.5)
+    cy = uniform_int(uniform(u[:, 0], 0.2, 0.8), height).float() + 0.5
+    cx = uniform_int(uniform(u[:, 1], 0.2, 0.8), width).float() + 0.5
+    ry = (uniform(u[:, 2], 0.05, 0.15) * height).clamp_(min=0.5)
+    rx = (uniform(u[:, 3], 0.05, 0.15) * width).clamp_(min=0.5)
     ys = torch.arange(height, device=device, dtype=torch.float32) + 0.5
     xs = torch.arange(width, device=device, dtype=torch.float32) + 0.5
     dy = ((ys[None, :] - cy[:, None]) / ry[:, None]) ** 2
@@ -218,10 +236,10 @@ def _raw_perlin_masks(batch, height, width, threshold, max_scale, rotate, genera
         (batch, low_h, low_w), max_scale=max_scale, generator=generator, device=device
     )[:, None]
     if rotate is not None:
-        degrees = _uniform(_rand(generator, batch, device=device), *rotate)
+        degrees = uniform(rand(generator, batch, device=device), *rotate)
         # Zero padding: the corners uncovered by the rotation get noise 0,
         # below any sensible threshold, as imgaug's constant-0 fill in DRAEM.
-        noise = _affine_warp(noise, _rotation(degrees), padding_mode="zeros")
+        noise = affine_warp(noise, rotation(degrees), padding_mode="zeros")
     if factor > 1:
         noise = nnf.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False)
     return noise[:, 0] > threshold
@@ -284,21 +302,10 @@ def perlin_mask(
     >>> masks.shape, bool((masks.flatten(1).sum(1) > 0).all())
     (torch.Size([4, 1, 64, 64]), True)
     """
-    batch, height, width = _check_shape(shape, 3)
-    if not isinstance(threshold, Real) or isinstance(threshold, bool):
-        raise ValueError(f"The 'threshold' parameter must be a real number. Got {threshold!r}.")
-    max_scale = _check_int(max_scale, "max_scale", low=0, high=16)
-    if rotate is not None:
-        rotate = _check_pair(rotate, "rotate")
-        if rotate == (0.0, 0.0):
-            rotate = None
-    if device is None:
-        device = generator.device if isinstance(generator, torch.Generator) else "cpu"
-    device = torch.device(device)
-    generator = _check_generator(generator, device)
-    masks = _perlin_mask_bool(
-        batch, height, width, float(threshold), max_scale, rotate, generator, device
-    )
+    batch, height, width = check_shape(shape, 3)
+    threshold, max_scale, rotate = _check_mask_args(threshold, max_scale, rotate, "rotate")
+    device, generator = _device_and_generator(device, generator)
+    masks = _perlin_mask_bool(batch, height, width, threshold, max_scale, rotate, generator, device)
     return masks[:, None].float()
 
 
@@ -339,8 +346,8 @@ class PerlinAnomalySynthesizer:
             default=None
         Anomaly-source textures. A tensor holds N textures with C in {1, 3}
         (floating point in [0, 1], or uint8). A path names a folder whose
-        image files (png, jpg, bmp, tif, webp, gif) are loaded once, on first
-        use, with PIL. None uses the textures of
+        image files (png, jpg, jpeg, bmp, tif, tiff, webp) are loaded once, on
+        first use, with PIL. None uses the textures of
         :func:`load_builtin_textures`.
     beta : tuple of (float, float), default=(0.0, 0.8)
         Range of the blending factor beta, the weight the original image
@@ -488,22 +495,10 @@ class PerlinAnomalySynthesizer:
                 "The 'sources' parameter must be a (N, C, h, w) tensor, a folder path or "
                 f"None. Got {type(sources).__name__} instead."
             )
-        _check_pair(self.beta, "beta", low=0.0, high=1.0)
-        _check_int(self.n_augmentations, "n_augmentations", low=0, high=_N_OPS)
-        rotate_prob = self.rotate_prob
-        if not (
-            isinstance(rotate_prob, Real)
-            and not isinstance(rotate_prob, bool)
-            and 0.0 <= rotate_prob <= 1.0
-        ):
-            raise ValueError(
-                f"The 'rotate_prob' parameter must be a float in [0, 1]. Got {rotate_prob!r}."
-            )
-        if not isinstance(self.threshold, Real) or isinstance(self.threshold, bool):
-            raise ValueError(f"The 'threshold' parameter must be a real. Got {self.threshold!r}.")
-        _check_int(self.max_scale, "max_scale", low=0, high=16)
-        if self.mask_rotate is not None:
-            _check_pair(self.mask_rotate, "mask_rotate")
+        check_pair(self.beta, "beta", low=0.0, high=1.0)
+        check_int(self.n_augmentations, "n_augmentations", low=0, high=N_OPS)
+        check_real(self.rotate_prob, "rotate_prob", low=0, high=1)
+        _check_mask_args(self.threshold, self.max_scale, self.mask_rotate, "mask_rotate")
         scales = self.texture_scales
         if not (
             isinstance(scales, (tuple, list))
@@ -526,14 +521,14 @@ class PerlinAnomalySynthesizer:
         if key not in self._caches:
             if self._native is None:
                 if self.sources is None:
-                    self._native = _builtin_sources()
+                    self._native = builtin_sources()
                 elif isinstance(self.sources, Tensor):
                     src = self.sources.detach().cpu()
                     src = src.float().div(255.0) if src.dtype == torch.uint8 else src.float()
                     self._native = src.expand(-1, 3, -1, -1) if src.shape[1] == 1 else src
                 else:
-                    self._native = _load_folder(self.sources)
-            self._caches[key] = _TextureCache(
+                    self._native = load_texture_folder(self.sources)
+            self._caches[key] = TextureCache(
                 self._native, self.texture_scales, height, width, device
             )
         return self._caches[key]
@@ -550,24 +545,19 @@ class PerlinAnomalySynthesizer:
 
         # All draws up front, in fixed-size blocks: a generator state gives the
         # same sources whatever ops happen to be drawn.
-        u = _rand(generator, batch, 6, device=device, dtype=torch.float64)
-        op_rank = _rand(generator, batch, _N_OPS, device=device)
-        params = _rand(generator, batch, _N_OPS, 2, device=device, dtype=torch.float64)
-        chosen = torch.zeros(batch, _N_OPS, dtype=torch.bool, device=device)
-        if n_aug > 0:
-            # n_aug distinct ops per image: those with the smallest ranks.
-            chosen.scatter_(1, op_rank.argsort(dim=1)[:, :n_aug], True)
+        u = rand(generator, batch, 6, device=device, dtype=torch.float64)
+        chosen, params = choose_ops(generator, batch, N_OPS, n_aug, device=device)
 
         # Per image: texture, scale level, window position, flips, rotation.
-        texture = _uniform_int(u[:, 0], cache.n_textures)
-        level = _uniform_int(u[:, 1], cache.sizes.shape[0])
+        texture = uniform_int(u[:, 0], cache.n_textures)
+        level = uniform_int(u[:, 1], cache.sizes.shape[0])
         tex_h, tex_w = cache.sizes[level, 0], cache.sizes[level, 1]
         top = (u[:, 2] * (tex_h - height + 1)).floor().long().clamp_(max=tex_h - height)
         left = (u[:, 3] * (tex_w - width + 1)).floor().long().clamp_(max=tex_w - width)
         flip_x = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
         flip_y = torch.where(u[:, 5] < 0.5, -1.0, 1.0)
-        rotate = chosen[:, _OP["rotate"]]
-        theta = torch.where(rotate, _uniform(params[:, _OP["rotate"], 0], -45.0, 45.0), 0.0)
+        rotate = chosen[:, OP_INDEX["rotate"]]
+        theta = torch.where(rotate, uniform(params[:, OP_INDEX["rotate"], 0], -45.0, 45.0), 0.0)
         theta = torch.deg2rad(theta)
         base = cache.bases[level] + texture * 3 * tex_h * tex_w
 
@@ -606,8 +596,8 @@ class PerlinAnomalySynthesizer:
             wy, wx = (sy - y0).float()[:, None], (sx - x0).float()[:, None]
             y0, x0 = y0.long(), x0.long()
             th, tw = tex_h[bt], tex_w[bt]
-            rows = torch.stack([_reflect(y0, th), _reflect(y0 + 1, th)], 1) * tw[:, None]
-            cols = torch.stack([_reflect(x0, tw), _reflect(x0 + 1, tw)], 1)
+            rows = torch.stack([reflect(y0, th), reflect(y0 + 1, th)], 1) * tw[:, None]
+            cols = torch.stack([reflect(x0, tw), reflect(x0 + 1, tw)], 1)
             # (K', 2 rows, 2 columns, 3 channels) flat indices.
             turned_index = (
                 base[bt, None, None, None]
@@ -623,7 +613,7 @@ class PerlinAnomalySynthesizer:
         # Sharpening = lerp(smooth, texture, factor) with the cached 3x3
         # smoothed texture, sampled at the same places (both maps are linear,
         # so sharpen-then-rotate equals sampling both and blending).
-        sharp = chosen[b, _OP["sharpness"]]
+        sharp = chosen[b, OP_INDEX["sharpness"]]
         if sharp.any():
             smooth = torch.empty_like(values)
             if plain.numel() > 0:
@@ -634,7 +624,7 @@ class PerlinAnomalySynthesizer:
                 bottom_row = torch.lerp(taps[:, 1, 0], taps[:, 1, 1], wx)
                 smooth[turned] = torch.lerp(top_row, bottom_row, wy)
             sharp = sharp.nonzero()[:, 0]
-            factor = _uniform(params[b[sharp], _OP["sharpness"], 0], 1.5, 3.0)[:, None].float()
+            factor = uniform(params[b[sharp], OP_INDEX["sharpness"], 0], 1.5, 3.0)[:, None].float()
             values[sharp] = torch.lerp(smooth[sharp], values[sharp], factor).clamp_(0.0, 255.0)
         # Back to 8-bit levels, as imgaug's uint8 pipeline.
         values = values.round_().long()
@@ -643,7 +633,7 @@ class PerlinAnomalySynthesizer:
         tables = torch.linspace(0.0, 1.0, 256, device=device, dtype=torch.float64)
         tables = tables.expand(batch, 3, 256).clone()
         hist = cache.hists[level, texture]
-        for k, op in _TABLE_OPS:
+        for k, op in TABLE_OPS:
             idx = chosen[:, k].nonzero()[:, 0]
             if idx.numel() > 0:
                 tables[idx] = op(tables[idx], params[idx, k], hist[idx])
@@ -651,13 +641,14 @@ class PerlinAnomalySynthesizer:
         colours = tables.float().flatten().index_select(0, table_index.flatten()).view(-1, 3)
 
         # Hue/saturation: one 3x3 colour matrix per image (identity if not drawn).
-        hue = chosen[:, _OP["hue_saturation"]]
-        angle = torch.where(hue, _uniform(params[:, _OP["hue_saturation"], 0], -70.0, 70.0), 0.0)
-        saturation = torch.where(hue, _uniform(params[:, _OP["hue_saturation"], 1], 0.6, 1.4), 1.0)
+        k = OP_INDEX["hue_saturation"]
+        hue = chosen[:, k]
+        angle = torch.where(hue, uniform(params[:, k, 0], -70.0, 70.0), 0.0)
+        saturation = torch.where(hue, uniform(params[:, k, 1], 0.6, 1.4), 1.0)
         # imgaug's AddToHueAndSaturation((-50, 50)) adds up to 50 of 255 hue
         # units (about ±70 degrees) and ±50 of 255 to the saturation (roughly
         # ±40% of a typical one).
-        matrices = _hue_saturation_matrices(torch.deg2rad(angle), saturation).float()
+        matrices = hue_saturation_matrices(torch.deg2rad(angle), saturation).float()
         shifted = hue[b].nonzero()[:, 0]
         if shifted.numel() > 0:
             colours[shifted] = torch.einsum(
@@ -685,48 +676,35 @@ class PerlinAnomalySynthesizer:
             Anomaly masks with values in {0, 1} and the dtype of ``images``;
             each holds at least one pixel.
         """
-        _check_images(images)
+        check_images(images)
         batch, n_channels, height, width = images.shape
         device = images.device
-        generator = _check_generator(generator, device)
-        rotate = self.mask_rotate
-        if rotate is not None:
-            rotate = _check_pair(rotate, "mask_rotate")
-            rotate = None if rotate == (0.0, 0.0) else rotate
-
-        masks = _perlin_mask_bool(
-            batch,
-            height,
-            width,
-            float(self.threshold),
-            self.max_scale,
-            rotate,
-            generator,
-            device,
-        )
+        generator = check_generator(generator, device)
+        args = _check_mask_args(self.threshold, self.max_scale, self.mask_rotate, "mask_rotate")
+        masks = _perlin_mask_bool(batch, height, width, *args, generator, device)
         points = masks.flatten(1).nonzero()
         point_b, pixel = points[:, 0], points[:, 1]
         point_y, point_x = pixel // width, pixel % width
         colours = self._source_values(point_b, point_y, point_x, batch, height, width, generator)
         if n_channels == 1:
-            luma = torch.tensor([0.299, 0.587, 0.114], device=device)
+            luma = torch.tensor(LUMA, device=device)
             colours = (colours @ luma)[:, None]
 
-        u = _rand(generator, batch, 3, device=device, dtype=images.dtype)
+        u = rand(generator, batch, 3, device=device, dtype=images.dtype)
         out = images.clone(memory_format=torch.contiguous_format)
         if self.rotate_prob > 0:
             rotated = (u[:, 1] < self.rotate_prob).nonzero()[:, 0]
             if rotated.numel() > 0:
-                degrees = _uniform(u[rotated, 2], -90.0, 90.0)
-                out[rotated] = _affine_warp(
-                    images[rotated], _rotation(degrees), padding_mode="reflection"
+                degrees = uniform(u[rotated, 2], -90.0, 90.0)
+                out[rotated] = affine_warp(
+                    images[rotated], rotation(degrees), padding_mode="reflection"
                 )
 
         # I' = I + M (1 - beta) (A - I), the blend formula, written only at
         # the masked pixels: everything else is the untouched copy. Both ends
         # lie in [0, 1]; the clip only removes rounding excursions.
         beta_lo, beta_hi = self.beta
-        weight = (1.0 - _uniform(u[:, 0], beta_lo, beta_hi))[point_b, None]
+        weight = (1.0 - uniform(u[:, 0], beta_lo, beta_hi))[point_b, None]
         channels = torch.arange(n_channels, device=device)[None, :]
         flat = (point_b[:, None] * n_channels + channels) * (height * width) + pixel[:, None]
         flat = flat.flatten()

@@ -16,13 +16,13 @@ from skad.synthesis import (
 )
 from skad.synthesis import perlin as perlin_module
 from skad.synthesis._augment import (
-    _hue_saturation_matrices,
-    _level_histograms,
-    _smooth3x3,
     _tab_autocontrast,
     _tab_equalize,
     _tab_posterize,
     _tab_solarize,
+    hue_saturation_matrices,
+    level_histograms,
+    smooth3x3,
 )
 from skad.synthesis.perlin import _fade
 
@@ -205,7 +205,7 @@ def _identity(n):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_table_equalize_and_autocontrast_match_torchvision(seed):
     images = _u8(seed, low=30, high=200)
-    hist = _level_histograms(images)
+    hist = level_histograms(images)
     u = torch.zeros(2, 2, dtype=torch.float64)
     equalized = _apply(images, _tab_equalize(_identity(2), u, hist))
     assert torch.equal(equalized, F.equalize(images).float() / 255)
@@ -216,7 +216,7 @@ def test_table_equalize_and_autocontrast_match_torchvision(seed):
 
 def test_table_posterize_and_solarize_match_torchvision():
     images = _u8()
-    hist = _level_histograms(images)
+    hist = level_histograms(images)
     for bits in range(1, 8):
         u = torch.full((2, 2), (bits - 1 + 0.5) / 7, dtype=torch.float64)
         got = _apply(images, _tab_posterize(_identity(2), u, hist))
@@ -228,9 +228,9 @@ def test_table_posterize_and_solarize_match_torchvision():
 
 def test_smooth3x3_and_hue_matrices():
     x = torch.rand(3, 3, 17, 23, generator=_gen())
-    assert torch.allclose(_smooth3x3(x), F.adjust_sharpness(x, 0.0), atol=1e-6)
+    assert torch.allclose(smooth3x3(x), F.adjust_sharpness(x, 0.0), atol=1e-6)
     angle = torch.tensor([0.0, 1.0, -2.0], dtype=torch.float64)
-    matrices = _hue_saturation_matrices(angle, torch.tensor([1.0, 1.0, 0.5]).double())
+    matrices = hue_saturation_matrices(angle, torch.tensor([1.0, 1.0, 0.5]).double())
     assert torch.allclose(matrices[0], torch.eye(3, dtype=torch.float64), atol=1e-9)
     grey = torch.full((3,), 0.4, dtype=torch.float64)
     # Greys have no chroma: hue and saturation changes leave them alone.
