@@ -125,7 +125,7 @@ def main(argv=None):
                 fit.append(n_train / (time.perf_counter() - start))
             if repeat < args.repeats:
                 score.append(score_rate(det, test, args.batch_size, args.device))
-        module = det.net_.module_
+        module = det.module_
         bank = len(module.memory_bank) if name == "PatchCoreDetector" else len(module.mean)
         raw_rate = statistics.median(raw)
         for mode, rates in (("fit", fit), ("score", score)):

@@ -12,15 +12,14 @@ The estimators are imported lazily, so that ``skad.metrics`` or
 
 import importlib
 
+from ._registry import DETECTORS
+
 __version__ = "0.1.0.dev0"
 
+#: Public name -> module it is imported from on first use.
 _LAZY = {
-    "AdaptiveDeviationDetector": "skad.detectors",
     "ContaminationInjector": "skad.preprocessing",
-    "DeviationNetworkDetector": "skad.detectors",
-    "MultiCueDetector": "skad.detectors",
-    "PaDiMDetector": "skad.detectors",
-    "PatchCoreDetector": "skad.detectors",
+    **{cls: module for module, cls in DETECTORS.values()},
 }
 
 __all__ = sorted([*_LAZY, "__version__"])

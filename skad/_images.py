@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "ImageBatchDataset",
     "ImageInput",
     "check_labels",
@@ -34,8 +33,6 @@ __all__ = [
     "resize_images",
 ]
 
-#: File name endings read as images, everywhere in skad (folders, textures, the CLI).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def is_tabular(X):

@@ -1,4 +1,4 @@
-"""The skorch side of the detectors: a net with a batch hook, and balanced batches.
+"""The skorch side of the trained detectors: a net with a batch hook, balanced batches.
 
 Internal target codes used between sampler, dataset and losses:
 ``0`` unlabelled (assumed normal), ``1`` labelled anomaly, ``2`` an unlabelled
@@ -11,10 +11,11 @@ import math
 import numpy as np
 import torch
 from skorch import NeuralNet
+from skorch.callbacks import Callback
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
-__all__ = ["PSEUDO", "BalancedBatchSampler", "SkadNet", "balanced_loader"]
+__all__ = ["PSEUDO", "BalancedBatchSampler", "SkadNet", "TrainingProgress", "balanced_loader"]
 
 PSEUDO = 2
 
@@ -26,6 +27,9 @@ class BalancedBatchSampler(torch.utils.data.Sampler):
     pool each epoch; the anomaly half draws labelled anomalies with
     replacement (oversampling the few), or, when there are none and
     ``pseudo`` is true, unlabelled images tagged to become pseudo-anomalies.
+    Pseudo-anomalies are the detector's explicit choice (``pseudo=False`` by
+    default): without them and without labelled anomalies, every slot of a
+    batch is an unlabelled image.
 
     Parameters
     ----------
@@ -35,7 +39,7 @@ class BalancedBatchSampler(torch.utils.data.Sampler):
         Items per batch, at least 2.
     steps_per_epoch : int or None
         Batches per epoch; ``None`` is one pass over the unlabelled pool.
-    pseudo : bool
+    pseudo : bool, default=False
         Fill the anomaly half with pseudo-anomaly slots when no anomaly is labelled.
     pseudo_fraction : float in [0, 1]
         Share of the anomaly half given to pseudo-anomalies when anomalies are
@@ -44,7 +48,7 @@ class BalancedBatchSampler(torch.utils.data.Sampler):
         Source of randomness.
     """
 
-    def __init__(self, target, batch_size, *, steps_per_epoch=None, pseudo=True,
+    def __init__(self, target, batch_size, *, steps_per_epoch=None, pseudo=False,
                  pseudo_fraction=0.0, generator=None):
         target = np.asarray(target)
         self.pseudo_fraction = pseudo_fraction if pseudo else 0.0
@@ -85,7 +89,7 @@ class BalancedBatchSampler(torch.utils.data.Sampler):
             yield batch
 
 
-def balanced_loader(dataset, batch_size, shuffle=True, *, steps_per_epoch=None, pseudo=True,
+def balanced_loader(dataset, batch_size, shuffle=True, *, steps_per_epoch=None, pseudo=False,
                     pseudo_fraction=0.0, generator=None, collate_fn=None):
     """``iterator_train`` for :class:`SkadNet`: a DataLoader over balanced batches."""
     sampler = BalancedBatchSampler(
@@ -102,13 +106,43 @@ class SkadNet(NeuralNet):
     ----------
     batch_transform : callable or None
         ``(X, y) -> (X, y)`` on device tensors, applied before each training
-        forward pass (pseudo-anomaly synthesis). Everything else is skorch's
-        ``NeuralNet``.
+        forward pass (pseudo-anomaly synthesis).
+    extra_modules : dict of str to torch.nn.Module, default=None
+        Modules held beside ``module`` (a frozen teacher beside a trained
+        student): each becomes the attribute ``<name>_`` when the net is
+        initialised, so skorch moves it to the device, saves it with the net,
+        loads it on a CPU-only machine and makes ``<name>__param`` settable.
+        A module without trainable parameters stays in evaluation mode during
+        training (its BatchNorm statistics never move).
+
+    Notes
+    -----
+    The optimiser sees only parameters with ``requires_grad``. Everything else
+    is skorch's ``NeuralNet``.
     """
 
-    def __init__(self, *args, batch_transform=None, **kwargs):
+    def __init__(self, *args, batch_transform=None, extra_modules=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_transform = batch_transform
+        self.extra_modules = extra_modules
+
+    def initialize_module(self):
+        super().initialize_module()
+        for name, module in (self.extra_modules or {}).items():
+            setattr(self, f"{name}_", module)  # skorch registers torch modules set here
+        return self
+
+    def get_all_learnable_params(self):
+        for name, param in super().get_all_learnable_params():
+            if param.requires_grad:
+                yield name, param
+
+    def _set_training(self, training=True):
+        super()._set_training(training)
+        for name in self.extra_modules or {}:
+            module = getattr(self, f"{name}_")
+            if not any(p.requires_grad for p in module.parameters()):
+                module.eval()
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
@@ -121,3 +155,21 @@ class SkadNet(NeuralNet):
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
         loss.backward()
         return {"loss": loss, "y_pred": y_pred}
+
+
+class TrainingProgress(Callback):
+    """Tells the criterion which fraction of training is done (``criterion_.progress``).
+
+    Objectives that change over training (ADL's burn-in, a second phase) read
+    ``progress`` in [0, 1): the share of training batches already run.
+    """
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        steps = len(net.get_iterator(net.get_dataset(X), training=True))
+        self.total_ = max(net.max_epochs * steps, 1)
+        self.done_ = 0
+
+    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+        if training:
+            net.criterion_.progress = self.done_ / self.total_
+            self.done_ += 1

@@ -7,174 +7,113 @@ more normal samples, ``decision_function = score_samples - offset_``,
 predict's codes: -1 for a known anomaly, +1 for an unlabelled sample assumed
 normal.
 
-A detector *holds* a skorch net (``net_``) built in ``fit``; subclasses say
-which module, criterion and batch hook to use through a handful of
-``_build_*`` methods.
+This module is the contract alone: input validation, ``fit`` -> one
+:meth:`BaseDetector._fit_model` hook, ``offset_`` from ``contamination``,
+scoring and ``localize``. How a method learns lives beneath it, in one of two
+styles: :class:`skad.detectors._trained.TrainedDetector` (a skorch net trained
+on image batches) and :class:`skad.detectors._frozen.FrozenFeatureDetector`
+(a frozen encoder run once per training image, its features cached).
 """
 
-import contextlib
-import copy
-import os
 from abc import abstractmethod
 from numbers import Integral, Real
 
 import numpy as np
+import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
-from torch import nn
 
-from ._images import (
-    ImageBatchDataset,
-    ImageInput,
-    check_labels,
-    check_masks,
-    collate_batch,
-    is_tabular,
-)
-from ._net import SkadNet, balanced_loader
-from .nn.backbones import IMAGENET_MEAN, IMAGENET_STD, create_feature_extractor
-from .nn.saliency import gradient_saliency
+from ._images import ImageInput, check_labels, check_masks, is_tabular, iter_image_batches
+from .nn.anomaly_map import upsample_maps
 
 __all__ = ["BaseDetector"]
-
-
-@contextlib.contextmanager
-def _seeded(seed, device):
-    """Seed torch's global generators (CPU, and ``device``'s if CUDA) for a block, then restore."""
-    cuda = [torch.device(device).index or 0] if device.startswith("cuda") else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        yield
 
 
 class BaseDetector(OutlierMixin, BaseEstimator):
     """Base class of skad's detectors; not meant to be used directly.
 
-    Subclasses define ``__init__`` (keyword-only, storing parameters) and
-    implement :meth:`_build_module`, :meth:`_build_criterion` and optionally
-    :meth:`_build_batch_transform`, :meth:`_sampler_params`, :meth:`_calibrate`,
-    :meth:`_auto_offset` and the localisation hooks (:meth:`_localize_batch`, or the gradient
-    saliency's :meth:`_saliency_cues` and :meth:`_saliency_layer`).
+    A subclass defines ``__init__`` (keyword-only, storing parameters) and
+    implements :meth:`_fit_model`, :meth:`_anomaly_scores` and
+    :meth:`_localize_batch`; it may override :meth:`_auto_offset`. The two
+    learning styles (``skad.detectors._trained.TrainedDetector`` and
+    ``skad.detectors._frozen.FrozenFeatureDetector``) implement all but
+    :meth:`_auto_offset` for their methods.
 
     Parameters
     ----------
-    backbone : str or torch.nn.Module
-        timm model name or a module (see :func:`skad.nn.backbones.create_feature_extractor`).
-    pretrained : bool or path-like
-        Pretrained weights: ``True`` (offline ImageNet weights where they can be
-        found), ``False`` (random init) or a local weights file.
     image_size : int
         Images are resized (antialiased) to ``image_size x image_size``.
-    max_epochs, batch_size, lr
-        Training schedule; ``batch_size`` is split half unlabelled, half anomalies.
+    batch_size : int
+        Images per batch.
     device : {"auto", "cpu", "cuda"} or str
-        Where to train and score; ``"auto"`` picks CUDA when available.
+        Where to fit and score; ``"auto"`` picks CUDA when available.
     contamination : "auto" or float in (0, 0.5]
         Sets ``offset_``: with a float, that fraction of the training data
         falls below the threshold; ``"auto"`` uses the method's own threshold.
     random_state : int, RandomState instance or None
-        Seeds weight init, batch sampling and synthesis (fits are reproducible on CPU).
+        Seeds everything random in ``fit`` (fits are reproducible on CPU).
     verbose : int
-        ``0`` silent; ``>= 1`` a progress bar and per-epoch losses.
-    callbacks : list of skorch callbacks or None
-        Passed to the skorch net (e.g. ``Checkpoint``, ``LRScheduler``,
-        ``EarlyStopping(monitor="train_loss")``); copied, never modified.
+        ``0`` silent.
     """
 
     _parameter_constraints = {
-        "backbone": [str, nn.Module],
-        "pretrained": ["boolean", str, os.PathLike],
         "image_size": [Interval(Integral, 8, None, closed="left")],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 2, None, closed="left")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
         "device": [str],
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
-        "callbacks": [list, None],
     }
+
+    #: Whether the method also takes tabular data ``(n_samples, n_features)``.
+    _accepts_tabular = False
 
     # ------------------------------------------------------------------ hooks
     @abstractmethod
-    def _build_module(self, data):
-        """Return the ``nn.Module``: images in [0, 1] (or rows) -> anomaly scores ``(B,)``.
-
-        ``data`` is the validated training input: an :class:`ImageInput`, or a
-        float32 tensor of rows for tabular data.
-        """
-
-    @abstractmethod
-    def _build_criterion(self, generator):
-        """Return the criterion module ``(y_pred, target) -> loss``."""
-
-    def _build_batch_transform(self, generator):
-        """Return ``(X, y) -> (X, y)`` applied to each training batch, or None."""
-        return None
-
-    def _net_params(self):
-        """Extra keyword arguments for :class:`skad._net.SkadNet`."""
-        return {}
-
-    def _sampler_params(self, target):
-        """``iterator_train__*`` arguments that depend on the internal targets (1 = anomaly).
-
-        Merged over :meth:`_net_params`.
-        """
-        return {}
-
-    def _default_callbacks(self):
-        """Callbacks the method always uses, as ``(name, callback)`` pairs."""
-        return []
-
-    def _calibrate(self, data, target):
-        """Set fitted score statistics after training, before ``offset_`` (default: none).
+    def _fit_model(self, data, target, *, masks, seed):
+        """Fit the method's model on validated data; ``device_`` is already set.
 
         Parameters
         ----------
         data : ImageInput or Tensor
-            The training data.
+            The training images, or a float32 tensor of rows for tabular data.
         target : ndarray of shape (n,)
             1 for a labelled anomaly, 0 for an unlabelled sample.
+        masks : tuple (rows, masks) or None
+            The labelled anomalies' defect masks, as
+            :func:`skad._images.check_masks` returns them.
+        seed : int
+            The fit's seed, drawn from ``random_state``.
 
         Returns
         -------
         train_scores : ndarray of shape (n,) or None
-            Anomaly scores of ``data`` when calibrating computed them (a float
+            Anomaly scores of ``data`` when fitting computed them (a float
             ``contamination`` then needs no second pass), else None.
         """
 
-    def _auto_offset(self):
-        """``offset_`` for ``contamination="auto"``."""
-        return -0.5
+    @abstractmethod
+    def _anomaly_scores(self, data):
+        """Anomaly scores ``(n,)`` float64 of validated data; higher = more anomalous."""
 
-    #: Gaussian smoothing of the gradient saliency maps, in pixels at 256 px input.
-    _saliency_sigma = 4.0
-
-    def _saliency_cues(self, images):
-        """Differentiable cues ``(B,)`` or ``(B, K)`` whose gradients make the saliency maps.
-
-        Default: the network's image score (its first output for multi-head modules).
-        """
-        out = self.net_.module_(images)
-        return out[0] if isinstance(out, (tuple, list)) else out
-
-    def _saliency_layer(self):
-        """Module whose activation gradients join the input gradient, or None (input only)."""
-        return None
-
+    @abstractmethod
     def _localize_batch(self, x):
-        """Anomaly maps ``(B, S, S)`` for a batch of images ``(B, 3, S, S)``.
+        """Anomaly maps ``(B, S, S)`` for a batch of images ``(B, 3, S, S)`` on ``device_``."""
 
-        Default: :func:`skad.nn.saliency.gradient_saliency` of
-        :meth:`_saliency_cues`, with :meth:`_saliency_layer`'s activation.
+    def _auto_offset(self, data, target, train_scores):
+        """``offset_`` for ``contamination="auto"``, called at the end of ``fit``.
+
+        Parameters
+        ----------
+        data, target
+            As given to :meth:`_fit_model`.
+        train_scores : ndarray of shape (n,) or None
+            What :meth:`_fit_model` returned.
         """
-        return gradient_saliency(self._saliency_cues, x, layer=self._saliency_layer(),
-                                 sigma=self._saliency_sigma * x.shape[-1] / 256)
+        return -0.5
 
     # ---------------------------------------------------------------- helpers
     def _resolve_device(self):
@@ -190,25 +129,16 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             return device
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {device!r}.")
 
-    def _feature_extractor(self, out_indices=(-1,)):
-        """The backbone as a :class:`~skad.nn.backbones.FeatureExtractor`."""
-        backbone = self.backbone
-        if isinstance(backbone, nn.Module):
-            backbone = copy.deepcopy(backbone)  # never train the caller's module
-        return create_feature_extractor(
-            backbone, pretrained=self.pretrained, out_indices=out_indices
-        )
-
-    @staticmethod
-    def _normalization(extractor):
-        """ImageNet statistics for pretrained backbones, identity otherwise."""
-        if getattr(extractor, "pretrained", False):
-            return IMAGENET_MEAN, IMAGENET_STD
-        return None, None
-
     def _check_input(self, X, *, reset):
         """Validate X; return an :class:`ImageInput` or a float32 tensor of rows."""
         tabular = is_tabular(X)
+        if reset and tabular and not self._accepts_tabular and not sp.issparse(X):
+            # refused before any fitted attribute is set
+            raise ValueError(
+                f"{type(self).__name__} needs images (n, H, W[, C]) or image paths; got "
+                f"tabular data of shape {np.shape(X)}. For tabular data use "
+                "DeviationNetworkDetector."
+            )
         if not reset and self.input_kind_ == "tabular" and not tabular and not isinstance(
             X, (list, tuple)
         ):
@@ -226,19 +156,6 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         if reset and hasattr(self, "n_features_in_"):
             del self.n_features_in_
         return ImageInput(X)
-
-    def _dataset(self, data, target, masks=None):
-        size = None if isinstance(data, torch.Tensor) else self.image_size
-        return ImageBatchDataset(data, target, image_size=size, masks=masks)
-
-    def _anomaly_scores(self, data):
-        dataset = self._dataset(data, np.zeros(len(data)))
-        scores = []
-        with torch.no_grad():
-            for out in self.net_.forward_iter(dataset, training=False, device="cpu"):
-                # multi-head modules return a tuple whose first element is the image score
-                scores.append(out[0] if isinstance(out, (tuple, list)) else out)
-        return torch.cat(scores).double().numpy().reshape(-1)
 
     # ---------------------------------------------------------------- fitting
     @_fit_context(prefer_skip_nested_validation=True)
@@ -263,88 +180,22 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return self._fit(X, y)
 
     def _fit(self, X, y=None, masks=None):
-        """``fit``'s work; ``masks`` (n, H, W) of the labelled anomalies reach the batch hook."""
-        data, target, device, seed = self._fit_setup(X, y)
-        if masks is not None:
-            masks = check_masks(masks, data, target)
-        sampler_rng = torch.Generator().manual_seed(seed + 1)
-        device_rng = torch.Generator(device=device).manual_seed(seed + 2)
-        with _seeded(seed, device):
-            callbacks = self._default_callbacks() + copy.deepcopy(list(self.callbacks or []))
-            if self.verbose:
-                from skorch.callbacks import ProgressBar
-
-                callbacks.append(("progress_bar", ProgressBar(batches_per_epoch="count")))
-            module = self._new_module(data)
-            net = self._new_net(
-                module,
-                device,
-                criterion=self._build_criterion(device_rng),
-                batch_transform=self._build_batch_transform(device_rng),
-                optimizer=torch.optim.Adam,
-                lr=self.lr,
-                max_epochs=self.max_epochs,
-                iterator_train=balanced_loader,
-                iterator_train__generator=sampler_rng,
-                iterator_train__collate_fn=collate_batch,
-                callbacks=callbacks,
-                verbose=int(self.verbose),
-                **{**self._net_params(), **self._sampler_params(target)},
-            )
-            net.fit(self._dataset(data, target, masks), y=None)
-        self.net_ = net
-        self.device_ = device
-        train_scores = self._calibrate(data, target)
-        self.offset_ = self._fit_offset(data, train_scores)
-        return self
-
-    def _fit_setup(self, X, y):
-        """Validate the training data; returns ``(data, target, device, seed)``.
-
-        ``target`` holds 1 for a labelled anomaly, 0 otherwise; ``seed`` is the
-        fit's integer seed, drawn from ``random_state``.
-        """
+        """``fit``'s work; ``masks`` (n, H, W) of the labelled anomalies reach the method."""
         data = self._check_input(X, reset=True)
         target = check_labels(y, len(data))
+        if masks is not None:
+            masks = check_masks(masks, data, target)
         device = self._resolve_device()
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        return data, target, device, seed
-
-    def _new_module(self, data):
-        """:meth:`_build_module`, channels-last for images (see ``ImageInput.load``)."""
-        module = self._build_module(data)
-        if not isinstance(data, torch.Tensor):
-            module = module.to(memory_format=torch.channels_last)
-        return module
-
-    def _new_net(self, module, device, **params):
-        """The skorch net around ``module``: batching, collation and device, plus ``params``."""
-        return SkadNet(
-            module,
-            batch_size=self.batch_size,
-            iterator_valid__collate_fn=collate_batch,
-            train_split=None,
-            device=device,
-            **params,
-        )
-
-    def _fit_offset(self, data, train_scores=None, auto_offset=None):
-        """``offset_``: ``contamination`` quantile of the training scores, or the auto offset.
-
-        ``train_scores`` (anomaly scores of ``data``) are computed when not
-        given; ``auto_offset`` defaults to :meth:`_auto_offset`.
-        """
+        self.device_ = device
+        train_scores = self._fit_model(data, target, masks=masks, seed=seed)
         if self.contamination == "auto":
-            return float(self._auto_offset() if auto_offset is None else auto_offset)
-        if train_scores is None:
-            train_scores = self._anomaly_scores(data)
-        return float(np.percentile(-train_scores, 100.0 * self.contamination))
-
-    @property
-    def history_(self):
-        """skorch's training history of the fitted net."""
-        check_is_fitted(self, "net_")
-        return self.net_.history
+            self.offset_ = float(self._auto_offset(data, target, train_scores))
+        else:
+            if train_scores is None:
+                train_scores = self._anomaly_scores(data)
+            self.offset_ = float(np.percentile(-train_scores, 100.0 * self.contamination))
+        return self
 
     # --------------------------------------------------------------- scoring
     def score_samples(self, X):
@@ -361,7 +212,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         -------
         scores : ndarray of shape (n,)
         """
-        check_is_fitted(self, "net_")
+        check_is_fitted(self, "offset_")
         return -self._anomaly_scores(self._check_input(X, reset=False))
 
     def decision_function(self, X):
@@ -418,26 +269,20 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             One map per image at its own resolution. Image paths of different
             sizes give a list of ``(H_i, W_i)`` arrays instead.
         """
-        check_is_fitted(self, "net_")
+        check_is_fitted(self, "offset_")
         data = self._check_input(X, reset=False)
         if isinstance(data, torch.Tensor):
             raise ValueError("localize needs images; this detector was fitted on tabular data.")
-        module = self.net_.module_
-        module.eval()
         maps = []
-        for start in range(0, len(data), self.batch_size):
-            index = list(range(start, min(start + self.batch_size, len(data))))
-            x = data.load(index, self.image_size).to(self.device_)
-            batch_maps = self._localize_batch(x).detach()[:, None].float()
+        for index, x in iter_image_batches(data, self.image_size, self.batch_size,
+                                           device=self.device_):
+            batch_maps = self._localize_batch(x).detach().float()
             sizes = [data.original_size(i) for i in index]
             if len(set(sizes)) == 1:
-                batch_maps = F.interpolate(batch_maps, size=sizes[0], mode="bilinear",
-                                           align_corners=False)
-                maps.extend(batch_maps[:, 0].cpu().numpy())
+                maps.extend(upsample_maps(batch_maps, sizes[0]).cpu().numpy())
                 continue
             for m, size in zip(batch_maps, sizes):
-                m = F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)
-                maps.append(m[0, 0].cpu().numpy())
+                maps.append(upsample_maps(m[None], size)[0].cpu().numpy())
         if len({m.shape for m in maps}) == 1:
             return np.stack(maps).astype(np.float32, copy=False)
         return maps

@@ -22,17 +22,9 @@ import time
 from pathlib import Path
 
 from . import __version__
+from ._registry import DETECTORS, detector_class
 
-__all__ = ["DETECTORS", "build_parser", "main"]
-
-#: Detectors by short name: ``"module:Class"``. A new detector joins with one line.
-DETECTORS = {
-    "adl": "skad.detectors:AdaptiveDeviationDetector",
-    "devnet": "skad.detectors:DeviationNetworkDetector",
-    "multicue": "skad.detectors:MultiCueDetector",
-    "padim": "skad.detectors:PaDiMDetector",
-    "patchcore": "skad.detectors:PatchCoreDetector",
-}
+__all__ = ["build_parser", "main"]
 
 #: Command-line options that map onto detector parameters.
 _OPTION_PARAMS = {
@@ -214,15 +206,15 @@ def main(argv=None):
 
 
 def _image_files(folder):
-    from .datasets._folders import _list_images
+    from .datasets._folders import list_images
 
-    return [str(p) for p in _list_images(folder)]
+    return [str(p) for p in list_images(folder)]
 
 
 def _subfolders(folder):
-    from .datasets._folders import _list_subdirs
+    from .datasets._folders import list_subdirs
 
-    return _list_subdirs(folder)
+    return list_subdirs(folder)
 
 
 def _collect(root, *, option, normal="good", split=None):
@@ -233,8 +225,8 @@ def _collect(root, *, option, normal="good", split=None):
     ``normal`` folder is read by :func:`skad.datasets.load_folder`; any other
     tree contributes the images of all its subfolders, unlabelled.
     """
+    from ._io import IMAGE_EXTENSIONS
     from .datasets import load_folder
-    from .datasets._folders import IMAGE_EXTENSIONS
 
     root = Path(root)
     if not root.is_dir():
@@ -282,8 +274,7 @@ def _check_readable(paths, option):
 def _detector_class(name):
     if name not in DETECTORS:
         raise CommandError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)}.")
-    module, cls = DETECTORS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return detector_class(name)
 
 
 def _parse_param(text):

@@ -1,7 +1,8 @@
-"""Loss functions shared by skad's detectors.
+"""Every method's objective: loss functions and the criterion modules built on them.
 
-Pure functions of tensors with keyword-only hyperparameters. They never touch
-scikit-learn or skorch, so detectors can call them from any training step.
+Pure functions of tensors with keyword-only hyperparameters, and thin
+:class:`torch.nn.Module` criteria (``(outputs, target) -> loss``) that a
+detector hands to its skorch net. Nothing here touches scikit-learn or skorch.
 
 Internally a target of 1 means *anomaly* and 0 means *normal* (the papers'
 convention); the public estimator API uses -1 for anomalies and translates at
@@ -12,9 +13,18 @@ from numbers import Real
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["deviation_loss", "focal_loss", "two_means_labels"]
+from ._checks import check_float_tensor
+from .reweighting import instance_weights
+
+__all__ = [
+    "ADLLoss",
+    "DeviationLoss",
+    "deviation_loss",
+    "focal_loss",
+    "two_means_labels",
+]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -27,19 +37,9 @@ def _check_reduction(reduction, func_name):
         )
 
 
-def _check_float_tensor(value, name, func_name):
-    """TypeError naming the parameter unless ``value`` is a floating-point tensor."""
-    if not isinstance(value, Tensor) or not value.is_floating_point():
-        dtype = " of dtype " + str(value.dtype) if isinstance(value, Tensor) else ""
-        raise TypeError(
-            f"The '{name}' parameter of {func_name} must be a floating-point "
-            f"torch.Tensor. Got {type(value).__name__}{dtype} instead."
-        )
-
-
 def _check_pair(input, target, input_name, func_name):
     """Validate an (input, target) pair and return the target as input's dtype."""
-    _check_float_tensor(input, input_name, func_name)
+    check_float_tensor(input, input_name, func_name)
     if not isinstance(target, Tensor):
         raise TypeError(
             f"The 'target' parameter of {func_name} must be a torch.Tensor. "
@@ -323,3 +323,132 @@ def two_means_labels(scores):
     labels = torch.zeros(n, dtype=scores.dtype, device=scores.device)
     labels[order[split:]] = 1
     return labels
+
+
+# --------------------------------------------------------------------------- criteria
+
+
+class DeviationLoss(nn.Module):
+    """DevNet's criterion: :func:`deviation_loss` of a module's image scores.
+
+    Parameters
+    ----------
+    margin : float, default=5.0
+        Deviation margin ``a``.
+    n_reference : int, default=5000
+        Reference draws per call.
+    generator : torch.Generator or None, default=None
+        Source of the reference draws (the estimator's, so that fits are
+        reproducible).
+
+    Notes
+    -----
+    ``forward(outputs, target)`` takes a module output with a ``score`` field
+    (:class:`skad.nn.outputs.ScoreOutput`) and internal targets (1 = anomaly).
+    """
+
+    def __init__(self, *, margin=5.0, n_reference=5000, generator=None):
+        super().__init__()
+        self.margin = margin
+        self.n_reference = n_reference
+        self.generator = generator
+
+    def forward(self, outputs, target):
+        scores = outputs.score
+        return deviation_loss(
+            scores, target.to(scores.dtype), margin=self.margin,
+            n_reference=self.n_reference, generator=self.generator,
+        )
+
+
+class ADLLoss(nn.Module):
+    """ADL's objective (Eqn. 11 of the paper) on one batch.
+
+    ``sum_i w1_i l_soft,i + sum_i w2_i l_bce,i + l_seg`` where the weights come
+    from :func:`skad.reweighting.instance_weights` on the detached losses after
+    burn-in and are uniform before. ``progress`` (the fraction of training
+    done) is set by the training loop (:class:`skad._net.TrainingProgress`).
+
+    Parameters
+    ----------
+    gamma : float, default=5.0
+        Deviation margin.
+    n_reference : int, default=5000
+    divergence : {"alpha", "kl", "reverse_kl"} or None, default="alpha"
+        Instance reweighting; None keeps uniform weights.
+    lam, alpha : float, default=0.1
+        Of the instance reweighting.
+    burn_in : float, default=0.06
+        Share of training with uniform weights and hard labels.
+    soft_labels : bool, default=True
+        Soft deviation targets from the classification head after burn-in.
+    classification_loss, segmentation_loss : bool, default=True
+        Include the BCE and the focal segmentation term.
+    kmeans_prob : float, default=0.6
+        Probability per batch, after burn-in, of the BCE target
+        ``max(y, pseudo_labels(deviation))``.
+    generator : torch.Generator or None, default=None
+        On the training device.
+
+    Attributes
+    ----------
+    pseudo_labels : callable
+        Deviation scores ``(B,)`` -> BCE targets in [0, 1]: :func:`two_means_labels`
+        (ADL); Multi-Cue swaps in :func:`skad.nn.multicue.soft_anomaly_labels`.
+    progress : float
+        Fraction of training done.
+
+    Notes
+    -----
+    ``forward(outputs, y_true)`` takes an :class:`skad.nn.outputs.ADLOutput`
+    and ``(target, masks, seg_valid)``: internal targets ``(B,)``, masks
+    ``(B, 1, H, W)`` and which rows join the segmentation loss.
+    """
+
+    def __init__(self, *, gamma=5.0, n_reference=5000, divergence="alpha", lam=0.1, alpha=0.1,
+                 burn_in=0.06, soft_labels=True, classification_loss=True,
+                 segmentation_loss=True, kmeans_prob=0.6, generator=None):
+        super().__init__()
+        self.gamma = gamma
+        self.n_reference = n_reference
+        self.divergence = divergence
+        self.lam = lam
+        self.alpha = alpha
+        self.burn_in = burn_in
+        self.soft_labels = soft_labels
+        self.classification_loss = classification_loss
+        self.segmentation_loss = segmentation_loss
+        self.kmeans_prob = kmeans_prob
+        self.generator = generator
+        self.pseudo_labels = two_means_labels
+        self.progress = 0.0
+
+    def _weights(self, losses, burnt_in):
+        if self.divergence is None or not burnt_in:
+            return torch.full_like(losses, 1.0 / len(losses))
+        return instance_weights(losses.detach(), divergence=self.divergence, lam=self.lam,
+                                alpha=self.alpha)
+
+    def forward(self, outputs, y_true):
+        deviation, logit, seg_logit = outputs
+        target, masks, seg_valid = y_true
+        burnt_in = self.progress >= self.burn_in
+        prob = torch.sigmoid(logit)
+        soft = target
+        if self.soft_labels and burnt_in:
+            # only the unlabelled images' labels are uncertain; anomalies stay anomalies
+            soft = torch.where(target > 0, target, prob.detach())
+        l_soft = deviation_loss(deviation, soft, margin=self.gamma,
+                                n_reference=self.n_reference, generator=self.generator,
+                                reduction="none")
+        loss = (self._weights(l_soft, burnt_in) * l_soft).sum()
+        if self.classification_loss:
+            bce_target = target
+            draw = torch.rand((), generator=self.generator, device=self.generator.device)
+            if burnt_in and float(draw) < self.kmeans_prob:
+                bce_target = torch.maximum(target, self.pseudo_labels(deviation))
+            l_bce = F.binary_cross_entropy_with_logits(logit, bce_target, reduction="none")
+            loss = loss + (self._weights(l_bce, burnt_in) * l_bce).sum()
+        if self.segmentation_loss and bool(seg_valid.any()):
+            loss = loss + focal_loss(seg_logit[seg_valid], masks[seg_valid], gamma=2.0)
+        return loss

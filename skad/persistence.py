@@ -502,12 +502,14 @@ def _unpickle(payload):
         estimator = _Unpickler(io.BytesIO(payload)).load()
     moved = []
     for det in _fitted_devices(estimator):
+        net = getattr(det, "net_", None)  # trained detectors; frozen ones hold module_
         if not _device_available(str(det.device_)):
             moved.append(str(det.device_))
             det.device_ = "cpu"
-            det.net_.device = "cpu"
-        elif isinstance(det.net_.device, torch.device):
-            det.net_.device = str(det.net_.device)
+            if net is not None:
+                net.device = "cpu"
+        elif net is not None and isinstance(net.device, torch.device):
+            net.device = str(net.device)
     if moved:
         warnings.warn(
             f"the model was fitted on {sorted(set(moved))} which is not available here; it was "

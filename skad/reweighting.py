@@ -12,7 +12,7 @@ from numbers import Real
 
 import torch
 
-from .losses import _check_float_tensor
+from ._checks import check_float_tensor
 
 __all__ = ["instance_weights"]
 
@@ -31,7 +31,7 @@ def _work_dtype(device):
 
 
 def _check_losses(losses, func_name):
-    _check_float_tensor(losses, "losses", func_name)
+    check_float_tensor(losses, "losses", func_name)
     if losses.ndim != 1 or losses.numel() == 0:
         raise ValueError(
             f"The 'losses' parameter of {func_name} must be a non-empty 1-D tensor of "

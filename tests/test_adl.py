@@ -8,8 +8,8 @@ from _helpers import make_tiny_images
 
 from skad import AdaptiveDeviationDetector
 from skad.datasets import make_defect_images
-from skad.detectors._adl import ABLATIONS, ADLLoss, PerlinPseudoAnomalies
-from skad.losses import deviation_loss, focal_loss
+from skad.detectors._adl import ABLATIONS, PerlinPseudoAnomalies
+from skad.losses import ADLLoss, deviation_loss, focal_loss
 from skad.metrics import image_auroc, pixel_auroc
 from skad.reweighting import instance_weights
 from skad.synthesis import PerlinAnomalySynthesizer

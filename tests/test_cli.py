@@ -127,7 +127,7 @@ def test_fit_training_free_patchcore_and_refuse_training_options(tree, tmp_path,
     assert "Fitting PatchCoreDetector on 19 images" in capsys.readouterr().out
     det = skad.persistence.load(out)
     assert type(det).__name__ == "PatchCoreDetector" and det.coreset_ratio == 0.5
-    assert len(det.net_.module_.memory_bank) == 8 * 16  # half of the 16 unlabelled x 16 patches
+    assert len(det.module_.memory_bank) == 8 * 16  # half of the 16 unlabelled x 16 patches
     scores = tmp_path / "patchcore.csv"
     assert cli.main(["score", "--model", str(out), "--data", str(tree),
                      "--out", str(scores)]) == 0

@@ -92,11 +92,11 @@ def test_console_script_is_the_cli_main():
 # ----------------------------------------------------------------- optional extras
 
 
-@pytest.mark.parametrize("module", ["matplotlib", "matplotlib.pyplot"])
-def test_plotting_without_matplotlib_names_the_plot_extra(monkeypatch, module):
+def test_plotting_without_matplotlib_names_the_plot_extra(monkeypatch):
     from skad.plotting import plot_overlay
 
-    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    for module in ("matplotlib", "matplotlib.pyplot"):  # even when already imported
+        monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
     with pytest.raises(ImportError, match=r'pip install "skad\[plot\]"'):
         plot_overlay(np.zeros((8, 8)), np.zeros((8, 8)))
 

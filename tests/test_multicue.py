@@ -19,13 +19,9 @@ from skad.detectors._multicue import (
     LabelledAnomalyMasks,
     _check_cue_weights,
     _deviation_reference,
-    _fuse,
-    _raw_cues,
-    _soft_anomaly_labels,
-    _squash,
-    _squashed_cues,
 )
 from skad.metrics import pixel_auroc
+from skad.nn.multicue import soft_anomaly_labels
 from skad.synthesis import PerlinAnomalySynthesizer
 
 TINY = dict(backbone="test_efficientnet", pretrained=False, image_size=32, max_epochs=1,
@@ -34,71 +30,11 @@ E_MAX = math.log1p(math.log(2))
 
 
 # ------------------------------------------------------------ cues and fusion
-def test_squash_maps_zero_to_zero_caps_at_one_and_is_monotone():
-    x = torch.tensor([0.0, 0.05, 0.5, 1.0, 3.0], dtype=torch.float64)
-    out = _squash(x, 0.05, 1.0)
-    expected = torch.log1p(x.clamp(max=1.0) / 0.05) / math.log(21.0)
-    assert torch.allclose(out, expected)
-    assert out[0] == 0 and out[3] == 1 and out[4] == 1
-    assert out[1] == pytest.approx(math.log(2) / math.log(21))
-    assert (out.diff() >= 0).all()
-
-
-def test_squashed_cues_known_values():
-    # (s, H, g): nothing, half-way, saturated
-    raw = torch.tensor([[0.0, 0.0, 0.0],
-                        [0.05, math.expm1(E_MAX / 10), 0.0025],
-                        [2.0, math.log(2), 1.0]], dtype=torch.float64)
-    out = _squashed_cues(raw)
-    half = math.log(2) / math.log(11)  # phi(c; c, D) with D / c = 10
-    assert torch.allclose(out[0], torch.zeros(3, dtype=torch.float64))
-    assert torch.allclose(out[1], torch.tensor([math.log(2) / math.log(21), half,
-                                                math.log(2) / math.log(21)],
-                                               dtype=torch.float64))
-    assert torch.allclose(out[2], torch.ones(3, dtype=torch.float64))
-
-
 def test_deviation_reference_is_median_and_upper_decile_spread():
     m, r = _deviation_reference(np.arange(11.0))  # median 5, 90th percentile 9
     assert (m, r) == (5.0, 4.0)
     m, r = _deviation_reference(np.full(7, 3.0))  # no spread: a tiny positive scale
     assert m == 3.0 and 0 < r <= 3e-6
-
-
-def test_squashed_deviation_is_measured_from_the_reference():
-    raw = torch.tensor([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [2.2, 0.0, 0.0], [9.0, 0.0, 0.0]],
-                       dtype=torch.float64)
-    out = _squashed_cues(raw, (2.0, 4.0))[:, 0]
-    # below the median -> 0; m + 0.05 r -> phi(c; c, D); m + r and above -> 1
-    expected = [0.0, 0.0, math.log(2) / math.log(21), 1.0]
-    assert torch.allclose(out, torch.tensor(expected, dtype=torch.float64))
-
-
-def test_raw_cues_are_deviation_entropy_and_top_decile_of_the_mask():
-    deviation = torch.tensor([0.3, 4.0])
-    logit = torch.tensor([0.0, 50.0])  # p = 0.5 (H = ln 2), p = 1 (clamped: H ~ 1.5e-5)
-    seg = torch.full((2, 1, 10, 10), -1e4)
-    seg[0, 0, 0, :10] = 1e4  # 10 of 100 pixels certain: top-10% mean is 1
-    seg[1, 0, 0, :5] = 1e4  # 5 of them: 0.5
-    raw = _raw_cues((deviation, logit, seg))
-    assert torch.allclose(raw[:, 0], deviation)
-    assert raw[0, 1].item() == pytest.approx(math.log(2))
-    assert 0 < raw[1, 1].item() < 2e-5
-    assert torch.allclose(raw[:, 2], torch.tensor([1.0, 0.5]))
-
-
-def test_fusion_is_a_weighted_geometric_mean():
-    cues = torch.tensor([[0.64, 0.5, 0.25], [0.3, 0.3, 0.3], [0.9, 0.0, 0.8]],
-                        dtype=torch.float64)
-    fused = _fuse(cues, [0.5, 0.25, 0.25])
-    eps = 1e-6
-    expected0 = math.exp(0.5 * math.log(0.64 + eps) + 0.25 * math.log(0.5 + eps)
-                         + 0.25 * math.log(0.25 + eps))
-    assert fused[0].item() == pytest.approx(expected0)
-    assert fused[1].item() == pytest.approx(0.3 + eps)  # equal cues: that value
-    assert fused[2] < 0.05  # one cue at zero pulls the geometric mean down
-    assert torch.allclose(_fuse(cues, [2.0, 1.0, 1.0]), fused)  # only ratios matter
-    assert torch.allclose(_fuse(cues, [1.0, 0.0, 0.0]), cues[:, 0] + eps)
 
 
 @pytest.mark.parametrize("bad", [(1.0, 2.0), (1.0, -0.1, 0.5), (0, 0, 0), (1, np.nan, 1),
@@ -109,16 +45,6 @@ def test_bad_cue_weights_raise_with_the_fix(bad):
     X, _, _ = make_tiny_images(n_normal=8, n_anomalous=0)
     with pytest.raises(ValueError, match="cue_weights"):
         MultiCueDetector(**TINY, cue_weights=bad).fit(X)
-
-
-def test_soft_labels_of_the_batch_deviation_scores():
-    s = torch.tensor([1.0, 3.0, 5.0])
-    u = _soft_anomaly_labels(s)
-    sig = torch.sigmoid
-    expected = 0.95 * sig(torch.tensor([-2.5, 0.0, 2.5]))
-    assert torch.allclose(u, expected)
-    assert torch.allclose(_soft_anomaly_labels(torch.full((4,), 2.0)),
-                          torch.full((4,), 0.95 * sig(torch.tensor(-2.5)).item()))
 
 
 def test_soft_bce_target_replaces_two_means():
@@ -132,7 +58,7 @@ def test_soft_bce_target_replaces_two_means():
     always = MultiCueDetector(**kw, kmeans_prob=1.0)._build_criterion(torch.Generator())
     never = MultiCueDetector(**kw, kmeans_prob=0.0)._build_criterion(torch.Generator())
     always.progress = never.progress = 0.5
-    soft = torch.clamp(target + _soft_anomaly_labels(deviation), max=1.0)
+    soft = torch.clamp(target + soft_anomaly_labels(deviation), max=1.0)
     bce = F.binary_cross_entropy_with_logits
     diff = always(outputs, y_true) - never(outputs, y_true)
     assert torch.allclose(diff, bce(torch.zeros(4), soft) - bce(torch.zeros(4), target),
@@ -239,7 +165,7 @@ def test_auto_pseudo_fraction_gives_labelled_anomalies_their_share(
     det = MultiCueDetector(batch_size=batch_size)
     params = det._sampler_params(target)
     assert params["iterator_train__pseudo_fraction"] == pytest.approx(fraction)
-    sampler = BalancedBatchSampler(target, batch_size, steps_per_epoch=3,
+    sampler = BalancedBatchSampler(target, batch_size, steps_per_epoch=3, pseudo=True,
                                    pseudo_fraction=params["iterator_train__pseudo_fraction"],
                                    generator=torch.Generator().manual_seed(0))
     for batch in sampler:

@@ -23,7 +23,8 @@ def test_batches_are_half_unlabelled_half_labelled_anomalies():
 
 def test_without_labelled_anomalies_the_anomaly_half_is_pseudo():
     target = np.zeros(10, dtype=int)
-    batches = list(BalancedBatchSampler(target, 6, generator=torch.Generator().manual_seed(0)))
+    batches = list(BalancedBatchSampler(target, 6, pseudo=True,
+                                        generator=torch.Generator().manual_seed(0)))
     for batch in batches:
         assert [code for _, code in batch] == [0] * 3 + [PSEUDO] * 3
 
@@ -32,6 +33,14 @@ def test_without_pseudo_batches_are_all_unlabelled():
     batches = list(BalancedBatchSampler(np.zeros(10, int), 4, pseudo=False,
                                         generator=torch.Generator()))
     assert len(batches) == 3 and all(code == 0 for b in batches for _, code in b)
+
+
+def test_pseudo_anomalies_are_the_detectors_explicit_choice():
+    # the default makes no pseudo-anomaly slot, with or without labelled anomalies
+    for target in (np.zeros(10, int), np.r_[np.zeros(10), np.ones(2)].astype(int)):
+        batches = list(BalancedBatchSampler(target, 4, pseudo_fraction=0.5,
+                                            generator=torch.Generator()))
+        assert all(code != PSEUDO for b in batches for _, code in b)
 
 
 def test_steps_per_epoch_wraps_around_the_pool():
@@ -90,7 +99,7 @@ def test_paths_are_read_only_when_their_batch_is_loaded(tmp_path):
 
 def test_pseudo_fraction_mixes_labelled_and_pseudo_anomalies():
     target = np.r_[np.zeros(16), np.ones(2)].astype(int)
-    batches = list(BalancedBatchSampler(target, 8, pseudo_fraction=0.5,
+    batches = list(BalancedBatchSampler(target, 8, pseudo=True, pseudo_fraction=0.5,
                                         generator=torch.Generator().manual_seed(0)))
     for batch in batches:
         assert [code for _, code in batch] == [0] * 4 + [1] * 2 + [PSEUDO] * 2

@@ -32,18 +32,18 @@ def test_labelled_anomalies_are_left_out_of_the_gaussians(images):
     X, is_anomaly, _ = images
     with_labels = PaDiMDetector(**TINY).fit(X, np.where(is_anomaly, -1, 1))
     normals_only = PaDiMDetector(**TINY).fit(X[~is_anomaly])
-    a, b = with_labels.net_.module_, normals_only.net_.module_
+    a, b = with_labels.module_, normals_only.module_
     torch.testing.assert_close(a.mean, b.mean)
     torch.testing.assert_close(a.precision, b.precision)
     # ...whereas the same images unlabelled do move them
-    contaminated = PaDiMDetector(**TINY).fit(X).net_.module_
+    contaminated = PaDiMDetector(**TINY).fit(X).module_
     assert not torch.allclose(contaminated.mean, b.mean)
 
 
 def test_fitted_gaussians_are_the_sample_statistics(images):
     X, is_anomaly, _ = images
     det = PaDiMDetector(**TINY, reg_covar=0.5).fit(X[~is_anomaly])
-    module = det.net_.module_
+    module = det.module_
     with torch.no_grad():
         emb = module.embedding(torch.as_tensor(X[~is_anomaly]).permute(0, 3, 1, 2) / 255.0)
     feats = emb[:, torch.as_tensor(det.channel_index_)].flatten(2).permute(2, 0, 1).double()

@@ -43,14 +43,14 @@ def test_bank_is_the_coreset_of_the_unlabelled_patches(images, ratio):
     y = np.where(is_anomaly, -1, 1)
     det = PatchCoreDetector(**TINY, coreset_ratio=ratio).fit(X, y)
     n_patches = 20 * 16
-    bank = det.net_.module_.memory_bank
+    bank = det.module_.memory_bank
     assert len(bank) == len(det.bank_origin_) == math.ceil(ratio * n_patches)
     origins = {tuple(o) for o in det.bank_origin_.tolist()}
     assert len(origins) == len(bank)  # no repeats
     assert not {i for i, _ in origins} & set(np.flatnonzero(is_anomaly))  # labels stay out
     # the bank holds the very patches named by bank_origin_
     with torch.no_grad():
-        emb = det.net_.module_.embedding(torch.as_tensor(X).permute(0, 3, 1, 2).float() / 255)
+        emb = det.module_.embedding(torch.as_tensor(X).permute(0, 3, 1, 2).float() / 255)
     patches = emb.permute(0, 2, 3, 1).reshape(len(X), 16, -1)
     expected = patches[det.bank_origin_[:, 0], det.bank_origin_[:, 1]]
     torch.testing.assert_close(bank, expected, atol=1e-5, rtol=1e-4)
@@ -122,7 +122,7 @@ def test_auto_offset_is_the_tukey_fence_of_leave_own_image_out_scores(images):
     X, is_anomaly, _ = images
     y = np.where(is_anomaly, -1, 1)
     det = PatchCoreDetector(**TINY, coreset_ratio=0.5).fit(X, y)
-    module = det.net_.module_
+    module = det.module_
     with torch.no_grad():
         emb = module.embedding(torch.as_tensor(X).permute(0, 3, 1, 2).float() / 255)
     patches = emb.permute(0, 2, 3, 1).reshape(len(X), 16, -1).double()

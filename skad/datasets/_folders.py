@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from sklearn.utils import Bunch
 
-from .._images import IMAGE_EXTENSIONS
+from .._io import IMAGE_EXTENSIONS
 
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
@@ -40,11 +40,6 @@ def list_subdirs(directory):
         (p for p in Path(directory).iterdir() if p.is_dir() and not p.name.startswith(".")),
         key=lambda p: p.name,
     )
-
-
-# Old names, kept for skad.cli until the core restructure lands.
-_list_images = list_images
-_list_subdirs = list_subdirs
 
 
 def _check_dir(path, argument, what):

@@ -1,15 +1,11 @@
-"""skad's detectors, one private module per method."""
+"""skad's detectors, one private module per method (the list is :mod:`skad._registry`)."""
 
-from ._adl import AdaptiveDeviationDetector
-from ._devnet import DeviationNetworkDetector
-from ._multicue import MultiCueDetector
-from ._padim import PaDiMDetector
-from ._patchcore import PatchCoreDetector
+import importlib
 
-__all__ = [
-    "AdaptiveDeviationDetector",
-    "DeviationNetworkDetector",
-    "MultiCueDetector",
-    "PaDiMDetector",
-    "PatchCoreDetector",
-]
+from .._registry import DETECTORS
+
+__all__ = sorted(cls for _, cls in DETECTORS.values())
+
+for _module, _cls in DETECTORS.values():
+    globals()[_cls] = getattr(importlib.import_module(_module), _cls)
+del _module, _cls

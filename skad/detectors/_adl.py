@@ -3,17 +3,15 @@
 from numbers import Integral, Real
 
 import torch
-import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval, StrOptions
-from skorch.callbacks import Callback
-from torch import nn
 
-from ..base import BaseDetector
-from ..losses import deviation_loss, focal_loss, two_means_labels
+from .._net import PSEUDO, TrainingProgress
+from ..losses import ADLLoss
 from ..nn.adl import ADLModule
-from ..nn.saliency import gaussian_blur
-from ..reweighting import instance_weights
+from ..nn.anomaly_map import gaussian_blur
 from ..synthesis import PerlinAnomalySynthesizer
+from ._common import feature_extractor, input_normalization
+from ._trained import TrainedDetector
 
 __all__ = ["ABLATIONS", "AdaptiveDeviationDetector"]
 
@@ -29,79 +27,6 @@ ABLATIONS = {
 }
 
 
-class ADLLoss(nn.Module):
-    """ADL's objective (Eqn. 11 of the paper) on one batch.
-
-    ``sum_i w1_i l_soft,i + sum_i w2_i l_bce,i + l_seg`` where the weights come
-    from :func:`skad.reweighting.instance_weights` on the detached losses after
-    burn-in and are uniform before. ``progress`` (fraction of training done) is
-    set by :class:`TrainingProgress`.
-    """
-
-    def __init__(self, *, gamma=5.0, n_reference=5000, divergence="alpha", lam=0.1, alpha=0.1,
-                 burn_in=0.06, soft_labels=True, classification_loss=True,
-                 segmentation_loss=True, kmeans_prob=0.6, generator=None):
-        super().__init__()
-        self.gamma = gamma
-        self.n_reference = n_reference
-        self.divergence = divergence
-        self.lam = lam
-        self.alpha = alpha
-        self.burn_in = burn_in
-        self.soft_labels = soft_labels
-        self.classification_loss = classification_loss
-        self.segmentation_loss = segmentation_loss
-        self.kmeans_prob = kmeans_prob
-        self.generator = generator
-        # deviation scores -> labels in [0, 1] for the BCE target (Multi-Cue swaps in soft ones)
-        self.pseudo_labels = two_means_labels
-        self.progress = 0.0
-
-    def _weights(self, losses, burnt_in):
-        if self.divergence is None or not burnt_in:
-            return torch.full_like(losses, 1.0 / len(losses))
-        return instance_weights(losses.detach(), divergence=self.divergence, lam=self.lam,
-                                alpha=self.alpha)
-
-    def forward(self, outputs, y_true):
-        deviation, logit, seg_logit = outputs
-        target, masks, seg_valid = y_true
-        burnt_in = self.progress >= self.burn_in
-        prob = torch.sigmoid(logit)
-        soft = target
-        if self.soft_labels and burnt_in:
-            # only the unlabelled images' labels are uncertain; anomalies stay anomalies
-            soft = torch.where(target > 0, target, prob.detach())
-        l_soft = deviation_loss(deviation, soft, margin=self.gamma,
-                                n_reference=self.n_reference, generator=self.generator,
-                                reduction="none")
-        loss = (self._weights(l_soft, burnt_in) * l_soft).sum()
-        if self.classification_loss:
-            bce_target = target
-            draw = torch.rand((), generator=self.generator, device=self.generator.device)
-            if burnt_in and float(draw) < self.kmeans_prob:
-                bce_target = torch.maximum(target, self.pseudo_labels(deviation))
-            l_bce = F.binary_cross_entropy_with_logits(logit, bce_target, reduction="none")
-            loss = loss + (self._weights(l_bce, burnt_in) * l_bce).sum()
-        if self.segmentation_loss and bool(seg_valid.any()):
-            loss = loss + focal_loss(seg_logit[seg_valid], masks[seg_valid], gamma=2.0)
-        return loss
-
-
-class TrainingProgress(Callback):
-    """Tells the criterion which fraction of training is done (for burn-in)."""
-
-    def on_train_begin(self, net, X=None, y=None, **kwargs):
-        steps = len(net.get_iterator(net.get_dataset(X), training=True))
-        self.total_ = max(net.max_epochs * steps, 1)
-        self.done_ = 0
-
-    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
-        if training:
-            net.criterion_.progress = self.done_ / self.total_
-            self.done_ += 1
-
-
 class PerlinPseudoAnomalies:
     """Training-batch hook: Perlin pseudo-anomalies with masks for the tagged slots.
 
@@ -115,7 +40,7 @@ class PerlinPseudoAnomalies:
         self.generator = generator
 
     def __call__(self, X, y):
-        pseudo = y == 2
+        pseudo = y == PSEUDO
         masks = torch.zeros((len(X), 1) + tuple(X.shape[-2:]), device=X.device)
         seg_valid = y != 1
         target = (y > 0).to(X.dtype)
@@ -125,7 +50,7 @@ class PerlinPseudoAnomalies:
         return X, (target, masks, seg_valid)
 
 
-class AdaptiveDeviationDetector(BaseDetector):
+class AdaptiveDeviationDetector(TrainedDetector):
     """Adaptive deviation learning: deviation scoring robust to contaminated training data.
 
     Three backbone levels are fused at the finest one; a deviation head scores
@@ -189,6 +114,8 @@ class AdaptiveDeviationDetector(BaseDetector):
     max_epochs : int, default=25
     batch_size : int, default=16
     lr : float, default=2e-4
+    optimizer : type, default=torch.optim.Adam
+        The optimiser class (built by skorch with ``lr`` and ``weight_decay``).
     weight_decay : float, default=1e-5
     device : str, default="auto"
     contamination : "auto" or float in (0, 0.5], default="auto"
@@ -216,7 +143,7 @@ class AdaptiveDeviationDetector(BaseDetector):
     """
 
     _parameter_constraints = {
-        **BaseDetector._parameter_constraints,
+        **TrainedDetector._parameter_constraints,
         "out_indices": [tuple, list],
         "fuse_channels": [Interval(Integral, 1, None, closed="left"), None],
         "gamma": [Interval(Real, 0, None, closed="neither")],
@@ -263,6 +190,7 @@ class AdaptiveDeviationDetector(BaseDetector):
         max_epochs=25,
         batch_size=16,
         lr=2e-4,
+        optimizer=torch.optim.Adam,
         weight_decay=1e-5,
         device="auto",
         contamination="auto",
@@ -293,6 +221,7 @@ class AdaptiveDeviationDetector(BaseDetector):
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.optimizer = optimizer
         self.weight_decay = weight_decay
         self.device = device
         self.contamination = contamination
@@ -301,18 +230,13 @@ class AdaptiveDeviationDetector(BaseDetector):
         self.callbacks = callbacks
 
     def _build_module(self, data):
-        if isinstance(data, torch.Tensor):
-            raise ValueError(
-                "AdaptiveDeviationDetector needs images (n, H, W[, C]) or image paths; for "
-                "tabular data use DeviationNetworkDetector."
-            )
         if self.soft_labels and not self.classification_loss:
             raise ValueError(
                 "soft_labels=True needs classification_loss=True (the soft labels are the "
                 "classification head's probabilities); set soft_labels=False too."
             )
-        extractor = self._feature_extractor(out_indices=tuple(self.out_indices))
-        mean, std = self._normalization(extractor)
+        extractor = feature_extractor(self.backbone, self.pretrained, tuple(self.out_indices))
+        mean, std = input_normalization(extractor)
         return ADLModule(extractor, top_k=self.top_k, mean=mean, std=std,
                          fuse_channels=self.fuse_channels)
 
@@ -333,13 +257,14 @@ class AdaptiveDeviationDetector(BaseDetector):
         return {
             "optimizer__weight_decay": self.weight_decay,
             "iterator_train__steps_per_epoch": self.steps_per_epoch,
+            "iterator_train__pseudo": True,  # Perlin pseudo-anomalies, with or without labels
             "iterator_train__pseudo_fraction": self.pseudo_fraction,
         }
 
     def _default_callbacks(self):
         return [("training_progress", TrainingProgress())]
 
-    def _auto_offset(self):
+    def _auto_offset(self, data, target, train_scores):
         return -1.96
 
     def _localize_batch(self, x):
@@ -347,5 +272,6 @@ class AdaptiveDeviationDetector(BaseDetector):
         if self.localization == "saliency":
             return super()._localize_batch(x)
         with torch.no_grad():
-            seg = torch.sigmoid(module(x)[2][:, 0].float())
+            module.eval()
+            seg = torch.sigmoid(module(x).seg_logit[:, 0].float())
         return gaussian_blur(seg, 4.0 * x.shape[-1] / 256)

@@ -5,35 +5,16 @@ from numbers import Integral, Real
 import torch
 from sklearn.utils._param_validation import Interval
 from skorch.callbacks import GradientNormClipping
-from torch import nn
 
-from ..base import BaseDetector
-from ..losses import deviation_loss
+from .._net import PSEUDO
+from ..losses import DeviationLoss
 from ..nn.devnet import DevNetModule
 from ..nn.heads import MLPScorer
 from ..synthesis.cutmix import cutmix
+from ._common import feature_extractor, input_normalization
+from ._trained import TrainedDetector
 
 __all__ = ["DeviationNetworkDetector"]
-
-
-class DeviationLoss(nn.Module):
-    """skorch criterion around :func:`skad.losses.deviation_loss`.
-
-    Target codes are internal (1 = anomaly); the reference draw uses the
-    estimator's generator so fits are reproducible.
-    """
-
-    def __init__(self, *, margin=5.0, n_reference=5000, generator=None):
-        super().__init__()
-        self.margin = margin
-        self.n_reference = n_reference
-        self.generator = generator
-
-    def forward(self, scores, target):
-        return deviation_loss(
-            scores, target.to(scores.dtype), margin=self.margin,
-            n_reference=self.n_reference, generator=self.generator,
-        )
 
 
 class PseudoAnomalies:
@@ -53,7 +34,7 @@ class PseudoAnomalies:
         self.generator = generator
 
     def __call__(self, X, y):
-        pseudo = y == 2
+        pseudo = y == PSEUDO
         if not bool(pseudo.any()):
             return X, y
         X, y = X.clone(), y.clone()
@@ -68,7 +49,7 @@ class PseudoAnomalies:
         return X, y
 
 
-class DeviationNetworkDetector(BaseDetector):
+class DeviationNetworkDetector(TrainedDetector):
     """Deviation network: top-K patch scores learned against a Gaussian prior.
 
     A backbone's last feature map is scored patch by patch by a 1x1
@@ -104,7 +85,9 @@ class DeviationNetworkDetector(BaseDetector):
     max_epochs : int, default=10
     batch_size : int, default=16
     lr : float, default=2e-4
-        Adam learning rate.
+        Learning rate.
+    optimizer : type, default=torch.optim.Adam
+        The optimiser class (built by skorch with ``lr`` and ``weight_decay``).
     weight_decay : float, default=1e-5
     device : {"auto", "cpu", "cuda"} or str, default="auto"
     contamination : "auto" or float in (0, 0.5], default="auto"
@@ -152,8 +135,10 @@ class DeviationNetworkDetector(BaseDetector):
     True
     """
 
+    _accepts_tabular = True
+
     _parameter_constraints = {
-        **BaseDetector._parameter_constraints,
+        **TrainedDetector._parameter_constraints,
         "top_k": [Interval(Real, 0, 1, closed="right")],
         "scales": [tuple, list],
         "margin": [Interval(Real, 0, None, closed="neither")],
@@ -176,6 +161,7 @@ class DeviationNetworkDetector(BaseDetector):
         max_epochs=10,
         batch_size=16,
         lr=2e-4,
+        optimizer=torch.optim.Adam,
         weight_decay=1e-5,
         device="auto",
         contamination="auto",
@@ -194,6 +180,7 @@ class DeviationNetworkDetector(BaseDetector):
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.optimizer = optimizer
         self.weight_decay = weight_decay
         self.device = device
         self.contamination = contamination
@@ -205,8 +192,8 @@ class DeviationNetworkDetector(BaseDetector):
         if isinstance(data, torch.Tensor):
             scale = data.std(dim=0, unbiased=False).clamp_min(1e-6)
             return MLPScorer(data.shape[1], mean=data.mean(dim=0), scale=scale)
-        extractor = self._feature_extractor(out_indices=(-1,))
-        mean, std = self._normalization(extractor)
+        extractor = feature_extractor(self.backbone, self.pretrained, (-1,))
+        mean, std = input_normalization(extractor)
         return DevNetModule(extractor, top_k=self.top_k, scales=self.scales, mean=mean, std=std)
 
     def _build_criterion(self, generator):
@@ -220,11 +207,12 @@ class DeviationNetworkDetector(BaseDetector):
         return {
             "optimizer__weight_decay": self.weight_decay,
             "iterator_train__steps_per_epoch": self.steps_per_epoch,
+            "iterator_train__pseudo": True,  # CutMix stands in when no anomaly is labelled
         }
 
     def _default_callbacks(self):
         return [("gradient_clipping", GradientNormClipping(gradient_clip_value=1.0))]
 
-    def _auto_offset(self):
+    def _auto_offset(self, data, target, train_scores):
         # score_samples = -deviation; flag deviations above the 95% N(0,1) quantile.
         return -1.96

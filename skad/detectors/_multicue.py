@@ -10,72 +10,12 @@ from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ..nn.heads import topk_mean
+from ..nn.multicue import CUES, fuse_cues, raw_cues, soft_anomaly_labels, squashed_cues
 from ._adl import AdaptiveDeviationDetector
 
 __all__ = ["CUES", "MultiCueDetector"]
 
-#: Names of the cues, in the order of ``cue_weights`` and of :meth:`MultiCueDetector.cue_scores`.
-CUES = ("deviation", "uncertainty", "segmentation")
-
-# Constants of ALGORITHMS.md section 3 (the authors' code).
 _LABELLED_COPIES = 0.2  # labelled anomalies count as floor(0.2 * n_unlabelled) copies
-_SEG_TOP_K = 0.1  # segmentation cue: mean of the top 10% pixels of the anomaly map
-_PROB_EPS = 1e-6  # p is clamped to [eps, 1 - eps] in the entropy
-_FUSE_EPS = 1e-6  # added to each squashed cue before its logarithm
-_E_MAX = math.log1p(math.log(2.0))  # ln(1 + H_max), H_max = ln 2 nats
-#: (c, D) of the squash phi(x; c, D) per cue; the cue values fed to it are
-#: s, ln(1 + H(p)) and sqrt(g).
-_SQUASH = ((0.05, 1.0), (_E_MAX / 10.0, _E_MAX), (0.05, 1.0))
-
-
-def _soft_anomaly_labels(deviation):
-    """Multi-Cue's soft BCE targets ``u = 0.95 * sigmoid(5 * (minmax(s) - 0.5))`` of a batch.
-
-    ``minmax`` rescales the batch's (detached) deviation scores to [0, 1]; a
-    constant batch maps to 0. Replaces ADL's 2-means labels: the BCE target
-    is then ``max(y, u) = min(1, y + u)`` for hard labels ``y``.
-    """
-    s = deviation.detach().reshape(-1)
-    lo, hi = s.min(), s.max()
-    scaled = (s - lo) / (hi - lo).clamp_min(1e-12)
-    return 0.95 * torch.sigmoid(5.0 * (scaled - 0.5))
-
-
-def _binary_entropy(prob):
-    """Binary entropy in nats, ``p`` clamped to ``[1e-6, 1 - 1e-6]``."""
-    p = prob.clamp(_PROB_EPS, 1.0 - _PROB_EPS)
-    return -(p * torch.log(p) + (1.0 - p) * torch.log1p(-p))
-
-
-def _raw_cues(outputs):
-    """``(B, 3)`` raw cues of ADL's outputs: deviation s, entropy H(p), segmentation g.
-
-    ``g`` is the mean of the top 10% pixels of the anomaly probability map
-    ``sigmoid(seg_logit)``. Differentiable (the localisation's cues).
-    """
-    deviation, class_logit, seg_logit = outputs
-    entropy = _binary_entropy(torch.sigmoid(class_logit))
-    seg = topk_mean(torch.sigmoid(seg_logit), _SEG_TOP_K)
-    return torch.stack([deviation, entropy, seg], dim=1)
-
-
-def _squash(x, c, d):
-    """``phi(x; c, D) = ln(1 + min(max(x, 0), D) / c) / ln(1 + D / c)``: R -> [0, 1], monotone."""
-    return torch.log1p(x.clamp(0.0, d) / c) / math.log1p(d / c)
-
-
-def _squashed_cues(raw, deviation_reference=(0.0, 1.0)):
-    """``(B, 3)`` squashed cues from raw ``(s, H, g)``: phi(s'), phi(ln(1 + H)), phi(sqrt(g)).
-
-    ``s' = (s - m) / r`` for ``deviation_reference = (m, r)``; ``(0, 1)`` is
-    the paper's cue.
-    """
-    s, h, g = raw.unbind(dim=1)
-    location, scale = deviation_reference
-    s = (s - location) / scale
-    values = (s, torch.log1p(h), g.clamp_min(0.0).sqrt())
-    return torch.stack([_squash(v, c, d) for v, (c, d) in zip(values, _SQUASH)], dim=1)
 
 
 def _deviation_reference(deviation):
@@ -86,12 +26,6 @@ def _deviation_reference(deviation):
     """
     median, q90 = np.percentile(np.asarray(deviation, dtype=np.float64), [50.0, 90.0])
     return np.array([median, max(q90 - median, 1e-6 * max(abs(median), 1.0))])
-
-
-def _fuse(squashed, weights):
-    """Weighted geometric mean ``exp(sum_k w_k ln(S_k + 1e-6) / sum_k w_k)`` per row."""
-    w = torch.as_tensor(np.asarray(weights, dtype=np.float64), dtype=squashed.dtype)
-    return torch.exp((torch.log(squashed + _FUSE_EPS) * w).sum(dim=1) / w.sum())
 
 
 def _check_cue_weights(cue_weights):
@@ -237,6 +171,8 @@ class MultiCueDetector(AdaptiveDeviationDetector):
     batch_size : int, default=16
         Half unlabelled images, half anomalies.
     lr : float, default=2e-4
+    optimizer : type, default=torch.optim.Adam
+        The optimiser class (built by skorch with ``lr`` and ``weight_decay``).
     weight_decay : float, default=1e-5
     device : str, default="auto"
     contamination : "auto" or float in (0, 0.5], default="auto"
@@ -339,6 +275,7 @@ class MultiCueDetector(AdaptiveDeviationDetector):
         max_epochs=25,
         batch_size=16,
         lr=2e-4,
+        optimizer=torch.optim.Adam,
         weight_decay=1e-5,
         device="auto",
         contamination="auto",
@@ -354,7 +291,8 @@ class MultiCueDetector(AdaptiveDeviationDetector):
             segmentation_loss=segmentation_loss, kmeans_prob=kmeans_prob,
             pseudo_fraction=pseudo_fraction, anomaly_source=anomaly_source,
             localization=localization, steps_per_epoch=steps_per_epoch, max_epochs=max_epochs,
-            batch_size=batch_size, lr=lr, weight_decay=weight_decay, device=device,
+            batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+            device=device,
             contamination=contamination, random_state=random_state, verbose=verbose,
             callbacks=callbacks,
         )
@@ -389,7 +327,7 @@ class MultiCueDetector(AdaptiveDeviationDetector):
 
     def _build_criterion(self, generator):
         criterion = super()._build_criterion(generator)
-        criterion.pseudo_labels = _soft_anomaly_labels
+        criterion.pseudo_labels = soft_anomaly_labels
         return criterion
 
     def _build_batch_transform(self, generator):
@@ -407,24 +345,20 @@ class MultiCueDetector(AdaptiveDeviationDetector):
         slots = max(round(n_anomalous * copies / (n_unlabelled + copies)), 1)
         return {"iterator_train__pseudo_fraction": 1.0 - slots / n_anomalous}
 
-    def _calibrate(self, data, target):
+    def _fit_model(self, data, target, *, masks, seed):
+        super()._fit_model(data, target, masks=masks, seed=seed)
         # the deviation cue is measured from the unlabelled images' typical score
         raw = self._raw_cue_table(data)
         self.deviation_reference_ = _deviation_reference(raw[:, 0].numpy()[target == 0])
         return self._fuse_cues(raw)[:, -1].numpy()
 
-    def _auto_offset(self):
+    def _auto_offset(self, data, target, train_scores):
         return -0.5
 
     # --------------------------------------------------------------- scoring
     def _raw_cue_table(self, data):
         """``(n, 3)`` float64 tensor: the raw cues ``(s, H, g)`` of each image."""
-        dataset = self._dataset(data, np.zeros(len(data)))
-        raw = []
-        with torch.no_grad():
-            for outputs in self.net_.forward_iter(dataset, training=False, device=None):
-                raw.append(_raw_cues(outputs).double().cpu())
-        return torch.cat(raw)
+        return torch.cat([raw_cues(out).double().cpu() for out in self._module_outputs(data)])
 
     def _cue_table(self, data):
         """``(n, 4)`` float64: the squashed cues and the fused score."""
@@ -432,8 +366,8 @@ class MultiCueDetector(AdaptiveDeviationDetector):
 
     def _fuse_cues(self, raw):
         """``(n, 4)`` float64 tensor: squashed cues and fused score from the raw cues."""
-        squashed = _squashed_cues(raw, self.deviation_reference_)
-        fused = _fuse(squashed, self.cue_weights_)
+        squashed = squashed_cues(raw, self.deviation_reference_)
+        fused = fuse_cues(squashed, self.cue_weights_)
         return torch.cat([squashed, fused[:, None]], dim=1)
 
     def _anomaly_scores(self, data):
@@ -460,7 +394,7 @@ class MultiCueDetector(AdaptiveDeviationDetector):
 
     # ---------------------------------------------------------- localisation
     def _saliency_cues(self, images):
-        return _raw_cues(self.net_.module_(images))
+        return raw_cues(self.net_.module_(images))
 
     def _saliency_layer(self):
         return self.net_.module_.extractor

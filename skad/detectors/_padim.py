@@ -8,7 +8,7 @@ import torch
 from sklearn.utils._param_validation import Interval
 
 from ..nn.padim import PaDiMModule, PatchGaussianEstimator
-from ._frozen import FrozenFeatureDetector
+from ._frozen import FrozenFeatureDetector, tukey_offset
 
 __all__ = ["PaDiMDetector"]
 
@@ -68,9 +68,8 @@ class PaDiMDetector(FrozenFeatureDetector):
 
     Attributes
     ----------
-    net_ : skad._net.SkadNet
-        Initialised (untrained) skorch net; ``net_.module_`` is the
-        :class:`~skad.nn.padim.PaDiMModule` holding the Gaussians.
+    module_ : skad.nn.padim.PaDiMModule
+        The frozen embedding and the per-position Gaussians (nothing is trained).
     offset_ : float
         ``decision_function = score_samples - offset_``.
     channel_index_ : ndarray of shape (n_features,)
@@ -154,8 +153,8 @@ class PaDiMDetector(FrozenFeatureDetector):
             )
         return PaDiMModule(embedding, torch.arange(self.n_features or embedding.channels))
 
-    def _fit_module(self, data, target, generator):
-        module = self.net_.module_
+    def _fit_head(self, cache, target, generator):
+        module = self.module_
         normal = np.flatnonzero(target == 0)
         if len(normal) < 2:
             raise ValueError(
@@ -163,16 +162,19 @@ class PaDiMDetector(FrozenFeatureDetector):
                 f"y has {len(normal)}. Pass more images with y = +1."
             )
         if self.n_features is not None:
+            # before the first encoder pass: the cache holds the selected channels only
             draw = torch.randperm(module.embedding.channels, generator=generator)
             module.channel_index = draw[: self.n_features].sort()[0].to(self.device_)
         start = time.perf_counter()
         estimator = PatchGaussianEstimator()
-        for _, emb in self._iter_embeddings(data, normal):
-            estimator.update(emb)  # the selected channels
+        for _, emb in cache.batches(normal):
+            estimator.update(emb)
         mean, cov = estimator.mean_and_covariance()
         module.set_statistics(mean, cov, reg_covar=self.reg_covar)
         self.channel_index_ = module.channel_index.cpu().numpy()
         self._log(f"Gaussians of {len(mean)} positions from {len(normal)} images", start)
-        train_scores = self._anomaly_scores(data)
-        return train_scores, (train_scores[normal] if self.contamination == "auto" else None)
+        return self._score_features(cache)
 
+    def _auto_offset(self, data, target, train_scores):
+        """Tukey fence of the unlabelled training images' (in-sample) scores."""
+        return tukey_offset(train_scores[target == 0])

@@ -10,7 +10,7 @@ import torch
 from sklearn.utils._param_validation import Interval
 
 from ..nn.patchcore import PatchCoreModule, greedy_coreset, labelled_anomaly_mask
-from ._frozen import FrozenFeatureDetector
+from ._frozen import FrozenFeatureDetector, tukey_offset
 
 __all__ = ["PatchCoreDetector"]
 
@@ -83,9 +83,8 @@ class PatchCoreDetector(FrozenFeatureDetector):
 
     Attributes
     ----------
-    net_ : skad._net.SkadNet
-        Initialised (untrained) skorch net; ``net_.module_`` is the
-        :class:`~skad.nn.patchcore.PatchCoreModule` holding the bank.
+    module_ : skad.nn.patchcore.PatchCoreModule
+        The frozen embedding and the memory bank (nothing is trained).
     offset_ : float
         ``decision_function = score_samples - offset_``.
     bank_origin_ : ndarray of shape (n_bank, 2)
@@ -180,10 +179,10 @@ class PatchCoreDetector(FrozenFeatureDetector):
         return PatchCoreModule(self._patch_embedding(pool_size=3),
                                reweight_neighbors=self.reweight_neighbors)
 
-    def _fit_module(self, data, target, generator):
-        module = self.net_.module_
+    def _fit_head(self, cache, target, generator):
+        module = self.module_
         start = time.perf_counter()
-        embeddings = torch.cat([emb for _, emb in self._iter_embeddings(data)])
+        embeddings = cache.all()
         n, c, h, w = embeddings.shape
         self._log(f"embedded {n} images", start)
         patches = embeddings.permute(0, 2, 3, 1).reshape(n, h * w, c)
@@ -214,19 +213,25 @@ class PatchCoreDetector(FrozenFeatureDetector):
 
         self.bank_origin_ = origin(keep)
         self.pruned_origin_ = origin(pruned)
+        if self.contamination == "auto":
+            return None  # the auto threshold scores the images its own way
+        return self._score_embeddings(embeddings)
+
+    def _auto_offset(self, data, target, train_scores):
+        """Tukey fence of the unlabelled images' leave-own-image-out scores (cached features)."""
         start = time.perf_counter()
-        if self.contamination != "auto":
-            train_scores, auto_scores = self._score_embeddings(embeddings), None
-        else:
-            train_scores = None
-            auto_scores = self._score_embeddings(embeddings[normal], query_groups=normal,
-                                                 bank_groups=groups[keep])
-            # an image whose patches fill the whole bank has no neighbour left
-            auto_scores = auto_scores[np.isfinite(auto_scores)]
-            if len(auto_scores) == 0:
-                auto_scores = self._score_embeddings(embeddings[normal])
-        self._log("training scores", start)
-        return train_scores, auto_scores
+        normal = np.flatnonzero(target == 0)
+        embeddings = self._cache.all(normal)
+        device = embeddings.device
+        scores = self._score_embeddings(
+            embeddings, query_groups=torch.as_tensor(normal, device=device),
+            bank_groups=torch.as_tensor(self.bank_origin_[:, 0], device=device))
+        # an image whose patches fill the whole bank has no neighbour left
+        scores = scores[np.isfinite(scores)]
+        if len(scores) == 0:
+            scores = self._score_embeddings(embeddings)
+        self._log("leave-own-image-out training scores", start)
+        return tukey_offset(scores)
 
     def _prune(self, keep, candidates, groups, patches, target):
         """Split ``keep`` into (kept, pruned) rows of ``candidates`` with the labelled anomalies."""
@@ -237,7 +242,9 @@ class PatchCoreDetector(FrozenFeatureDetector):
             warnings.warn(
                 "prune_with_labels=True but y has no labelled anomaly (-1): nothing to prune "
                 "the memory bank with.", UserWarning,
-                stacklevel=6,  # _prune, _fit_module, _fit, fit, _fit_context, the caller
+                # _prune, _fit_head, _fit_model, BaseDetector._fit, FrozenFeatureDetector._fit,
+                # fit, _fit_context, the caller
+                stacklevel=8,
             )
             return keep, no_rows
         if np.sum(target == 0) < 2:
@@ -262,12 +269,13 @@ class PatchCoreDetector(FrozenFeatureDetector):
         return keep[~mask], keep[mask]
 
     def _score_embeddings(self, embeddings, **groups):
-        module = self.net_.module_
+        """Anomaly scores of embeddings in batches; ``query_groups`` is split with them."""
+        module = self.module_
         with torch.no_grad():
             scores = []
             for start in range(0, len(embeddings), self.batch_size):
                 part = slice(start, start + self.batch_size)
                 q = groups.get("query_groups")
                 kwargs = {} if q is None else {**groups, "query_groups": q[part]}
-                scores.append(module.score_embedding(embeddings[part], **kwargs)[0])
+                scores.append(module.score_embedding(embeddings[part], **kwargs).score)
         return torch.cat(scores).double().cpu().numpy()

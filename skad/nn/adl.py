@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .backbones import align_levels
 from .heads import DeviationHead, Normalize
+from .outputs import ADLOutput
 
 __all__ = ["UpBlock", "ADLModule"]
 
@@ -230,7 +231,7 @@ class ADLModule(nn.Module):
         """
         return self.deviation_head.patch_scores(self._features(x)[1])
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor) -> ADLOutput:
         """Compute the three heads.
 
         Parameters
@@ -240,13 +241,12 @@ class ADLModule(nn.Module):
 
         Returns
         -------
-        deviation : Tensor of shape (B,)
-            Non-negative deviation scores (the anomaly score).
-        class_logit : Tensor of shape (B,)
-            Classification logits; apply a sigmoid for ``p(x)``. Logits are
-            returned so that the BCE can be computed stably with logits.
-        seg_logit : Tensor of shape (B, 1, H, W)
-            Segmentation logits at the input resolution.
+        ADLOutput
+            ``score`` (B,): non-negative deviation scores (the anomaly score);
+            ``class_logit`` (B,): classification logits, apply a sigmoid for
+            ``p(x)`` (logits, so that the BCE is computed stably);
+            ``seg_logit`` (B, 1, H, W): segmentation logits at the input
+            resolution.
         """
         levels, fused = self._features(x)
         deviation = self.deviation_head(fused)
@@ -254,4 +254,4 @@ class ADLModule(nn.Module):
         seg_logit = F.interpolate(
             self.seg_decoder(fused), size=x.shape[-2:], mode="bilinear", align_corners=False
         )
-        return deviation, class_logit, seg_logit
+        return ADLOutput(deviation, class_logit, seg_logit)

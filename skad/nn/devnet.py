@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .heads import DeviationHead, Normalize
+from .outputs import ScoreOutput
 
 __all__ = ["DevNetModule"]
 
@@ -11,8 +12,9 @@ __all__ = ["DevNetModule"]
 class DevNetModule(nn.Module):
     """Deviation network on images: top-K patch scores averaged over input scales.
 
-    Takes images in [0, 1] of shape ``(B, 3, S, S)`` and returns one deviation
-    score per image, ``(B,)``, in training and evaluation mode alike.
+    Takes images in [0, 1] of shape ``(B, 3, S, S)`` and returns a
+    :class:`~skad.nn.outputs.ScoreOutput` holding one deviation score per
+    image, ``(B,)``, in training and evaluation mode alike.
 
     Parameters
     ----------
@@ -45,4 +47,4 @@ class DevNetModule(nn.Module):
         total = 0.0
         for scale in self.scales:
             total = total + self.head(self.extractor(self._rescale(x, scale))[-1])
-        return total / len(self.scales)
+        return ScoreOutput(total / len(self.scales))

@@ -6,8 +6,9 @@ from torch import Tensor, nn
 
 from .backbones import align_levels
 from .heads import Normalize
+from .outputs import PatchScoreOutput
 
-__all__ = ["FrozenPatchModule", "PatchEmbedding"]
+__all__ = ["FrozenBackbone", "FrozenLevels", "FrozenPatchModule", "PatchEmbedding"]
 
 
 def _select_channels(x, index):
@@ -15,7 +16,34 @@ def _select_channels(x, index):
     return x.permute(0, 2, 3, 1).index_select(3, index).permute(0, 3, 1, 2)
 
 
-class PatchEmbedding(nn.Module):
+class FrozenBackbone(nn.Module):
+    """A backbone frozen for good: no gradients, and BatchNorm statistics that never move.
+
+    Parameters
+    ----------
+    extractor : FeatureExtractor
+        Backbone returning the selected levels, finest first.
+    mean, std : sequence of float or None, default=None
+        Input normalisation (ImageNet statistics for pretrained backbones).
+    """
+
+    def __init__(self, extractor, *, mean=None, std=None):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.extractor = extractor.eval().requires_grad_(False)
+
+    def train(self, mode=True):
+        # frozen: BatchNorm statistics must never move, whatever mode a caller sets
+        super().train(mode)
+        self.extractor.eval()
+        return self
+
+    def levels(self, x: Tensor) -> list[Tensor]:
+        """The extractor's levels of images ``x`` in [0, 1], finest first."""
+        return self.extractor(self.normalize(x))
+
+
+class PatchEmbedding(FrozenBackbone):
     """Frozen multi-level patch features, aligned at the finest level and locally averaged.
 
     The coarser levels of the extractor are upsampled bilinearly to the
@@ -50,18 +78,10 @@ class PatchEmbedding(nn.Module):
     """
 
     def __init__(self, extractor, *, mean=None, std=None, pool_size=3):
-        super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.extractor = extractor.eval().requires_grad_(False)
+        super().__init__(extractor, mean=mean, std=std)
         self.pool_size = int(pool_size)
         self.channels = sum(extractor.channels)
         self.reduction = extractor.reductions[0]
-
-    def train(self, mode=True):
-        # frozen: BatchNorm statistics must never move, whatever mode a caller sets
-        super().train(mode)
-        self.extractor.eval()
-        return self
 
     def forward(self, x: Tensor, channel_index: Tensor | None = None) -> Tensor:
         """Embed a batch.
@@ -80,7 +100,7 @@ class PatchEmbedding(nn.Module):
         -------
         Tensor of shape (B, channels or d, H / reduction, W / reduction)
         """
-        levels = self.extractor(self.normalize(x))
+        levels = self.levels(x)
         size = levels[0].shape[-2:]
         order = None
         if channel_index is not None:
@@ -108,12 +128,44 @@ class PatchEmbedding(nn.Module):
         return selected, torch.argsort(order)
 
 
+class FrozenLevels(FrozenBackbone):
+    """A frozen backbone's feature levels, normalised input in, one tensor per level out.
+
+    Unlike :class:`PatchEmbedding` the levels stay apart, at their own
+    resolutions (BGAD fits one flow per level).
+
+    Parameters
+    ----------
+    extractor : FeatureExtractor
+        Backbone returning the selected levels, finest first.
+    mean, std : sequence of float or None, default=None
+        Input normalisation (ImageNet statistics for pretrained backbones).
+
+    Attributes
+    ----------
+    channels : tuple of int
+        Channels of each level.
+    reductions : tuple of int
+        Stride of each level with respect to the input.
+    """
+
+    def __init__(self, extractor, *, mean=None, std=None):
+        super().__init__(extractor, mean=mean, std=std)
+        self.channels = tuple(extractor.channels)
+        self.reductions = tuple(extractor.reductions)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """The levels of images ``x`` in [0, 1], ``(B, C_l, H / r_l, W / r_l)`` each."""
+        return tuple(self.levels(x))
+
+
 class FrozenPatchModule(nn.Module):
     """Base of the training-free scoring networks: frozen patch embedding, then patch distances.
 
-    Takes images in [0, 1] of shape ``(B, 3, S, S)`` and returns
-    ``(scores, distances)``: the image anomaly scores ``(B,)`` and the
-    patch-distance maps ``(B, h, w)`` on the embedding's grid. Subclasses
+    Takes images in [0, 1] of shape ``(B, 3, S, S)`` and returns a
+    :class:`~skad.nn.outputs.PatchScoreOutput`: the image anomaly scores
+    ``score`` ``(B,)`` and the patch-distance maps ``distances`` ``(B, h, w)``
+    on the embedding's grid. Subclasses
     implement :meth:`score_embedding`; :meth:`embed` may select channels.
 
     Parameters
@@ -129,11 +181,11 @@ class FrozenPatchModule(nn.Module):
         """The features :meth:`score_embedding` takes, ``(B, C, h, w)``, for images ``x``."""
         return self.embedding(x)
 
-    def score_embedding(self, embedding: Tensor) -> tuple[Tensor, Tensor]:
+    def score_embedding(self, embedding: Tensor) -> PatchScoreOutput:
         """Image scores ``(B,)`` and distance maps ``(B, h, w)`` of :meth:`embed`'s output."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> PatchScoreOutput:
         """Score a batch.
 
         Parameters
@@ -143,9 +195,9 @@ class FrozenPatchModule(nn.Module):
 
         Returns
         -------
-        scores : Tensor of shape (B,)
-            Image anomaly scores, higher = more anomalous.
-        distances : Tensor of shape (B, S / r, S / r)
-            Distance of each patch to the normal model (``r`` the embedding's stride).
+        PatchScoreOutput
+            ``score`` (B,): image anomaly scores, higher = more anomalous;
+            ``distances`` (B, S / r, S / r): distance of each patch to the
+            normal model (``r`` the embedding's stride).
         """
         return self.score_embedding(self.embed(x))

@@ -5,6 +5,8 @@ import math
 import torch
 from torch import nn
 
+from .outputs import ScoreOutput
+
 __all__ = ["Normalize", "topk_mean", "DeviationHead", "MLPScorer"]
 
 
@@ -94,6 +96,8 @@ class DeviationHead(nn.Module):
 class MLPScorer(nn.Module):
     """DevNet's tabular scorer: standardise, one hidden ReLU layer, a linear score.
 
+    Returns a :class:`~skad.nn.outputs.ScoreOutput` of scores ``(B,)``.
+
     Parameters
     ----------
     n_features : int
@@ -113,4 +117,4 @@ class MLPScorer(nn.Module):
         self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, x):
-        return self.net((x - self.mean) / self.scale).squeeze(1)
+        return ScoreOutput(self.net((x - self.mean) / self.scale).squeeze(1))

@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 
 from .frozen import FrozenPatchModule
+from .outputs import PatchScoreOutput
 
 __all__ = ["PaDiMModule", "PatchGaussianEstimator", "mahalanobis"]
 
@@ -164,8 +165,8 @@ class PaDiMModule(FrozenPatchModule):
 
         Returns
         -------
-        scores : Tensor of shape (B,)
-        distances : Tensor of shape (B, h, w)
+        PatchScoreOutput
+            ``score`` (B,) and ``distances`` (B, h, w).
         """
         if len(self.mean) == 0:
             raise RuntimeError("the Gaussians are not set; call set_statistics first.")
@@ -178,4 +179,4 @@ class PaDiMModule(FrozenPatchModule):
         x = embedding.float().permute(2, 3, 0, 1).reshape(h * w, b, d)  # a view if channels-last
         dist = mahalanobis(x, self.mean, self.precision)  # (P, B)
         dist = dist.T.reshape(b, h, w)
-        return dist.flatten(1).max(dim=1).values, dist
+        return PatchScoreOutput(dist.flatten(1).max(dim=1).values, dist)

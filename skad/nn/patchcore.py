@@ -8,6 +8,7 @@ import math
 import torch
 
 from .frozen import FrozenPatchModule
+from .outputs import PatchScoreOutput
 
 __all__ = [
     "PatchCoreModule",
@@ -323,8 +324,8 @@ class PatchCoreModule(FrozenPatchModule):
 
         Returns
         -------
-        scores : Tensor of shape (B,)
-        distances : Tensor of shape (B, h, w)
+        PatchScoreOutput
+            ``score`` (B,) and ``distances`` (B, h, w).
         """
         if len(self.memory_bank) == 0:
             raise RuntimeError("the memory bank is empty; call set_memory_bank first.")
@@ -344,4 +345,4 @@ class PatchCoreModule(FrozenPatchModule):
                 groups["query_groups"] = query_groups
             nearest = self._search(worst, **groups)[1][:, 0]
             scores = scores * self._density_weights(worst, nearest)
-        return scores, dist.view(b, h, w)
+        return PatchScoreOutput(scores, dist.view(b, h, w))

@@ -6,56 +6,11 @@ gradients of several cues); :func:`input_gradient_saliency` is its one-score,
 input-only case.
 """
 
-import math
-
 import torch
-import torch.nn.functional as F
 
-__all__ = ["gaussian_blur", "normalize_maps", "gradient_saliency", "input_gradient_saliency"]
+from .anomaly_map import gaussian_blur, normalize_maps, upsample_maps
 
-
-def gaussian_blur(maps, sigma):
-    """Separable Gaussian smoothing of ``(B, H, W)`` maps with reflect padding.
-
-    Parameters
-    ----------
-    maps : Tensor of shape (B, H, W)
-    sigma : float
-        Standard deviation in pixels; ``0`` returns the maps unchanged.
-    """
-    if sigma <= 0:
-        return maps
-    radius = max(int(math.ceil(3 * sigma)), 1)
-    radius = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)
-    if radius < 1:
-        return maps
-    coords = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    x = maps[:, None]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
-    return x[:, 0]
-
-
-def normalize_maps(maps, quantile=0.99):
-    """Rescale each map so its minimum is 0 and its ``quantile`` is 1, then clip to [0, 1].
-
-    A map that is flat up to rounding (its spread below ``1e-5`` of its
-    ``quantile`` value, e.g. the upsampled gradient of a globally pooled
-    feature) becomes all zeros instead of amplified rounding noise.
-
-    Parameters
-    ----------
-    maps : Tensor of shape (B, H, W)
-    quantile : float, default=0.99
-    """
-    flat = maps.flatten(1)
-    lo = flat.min(dim=1).values
-    hi = torch.quantile(flat, quantile, dim=1)
-    scale = torch.maximum(hi - lo, 1e-5 * hi.abs()).clamp_min(1e-12)
-    out = (maps - lo[:, None, None]) / scale[:, None, None]
-    return out.clamp(0.0, 1.0)
+__all__ = ["gradient_saliency", "input_gradient_saliency"]
 
 
 def _last(output):
@@ -147,9 +102,8 @@ def gradient_saliency(cues_fn, x, *, layer=None, sigma=4.0, quantile=0.99):
             feature_map = torch.zeros(len(x), *size, dtype=x.dtype, device=x.device)
             for grad in grads[1:]:
                 if grad is not None:
-                    channel_mean = grad.abs().mean(dim=1, keepdim=True).to(x.dtype)
-                    feature_map += F.interpolate(channel_mean, size=size, mode="bilinear",
-                                                 align_corners=False)[:, 0]
+                    channel_mean = grad.abs().mean(dim=1).to(x.dtype)
+                    feature_map += upsample_maps(channel_mean, size)
             maps.append(normalize_maps(feature_map, quantile))
     maps.insert(0, normalize_maps(input_grad.abs().sum(dim=1), quantile))
     return gaussian_blur(torch.stack(maps).mean(dim=0), sigma)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from .._images import IMAGE_EXTENSIONS
+from .._io import IMAGE_EXTENSIONS
 
 __all__ = ["load_builtin_textures"]
 

@@ -1,16 +1,11 @@
-"""Gradient saliency, smoothing and normalisation; heads."""
+"""Gradient saliency; heads."""
 
 import pytest
 import torch
 from torch import nn
 
 from skad.nn.heads import DeviationHead, Normalize, topk_mean
-from skad.nn.saliency import (
-    gaussian_blur,
-    gradient_saliency,
-    input_gradient_saliency,
-    normalize_maps,
-)
+from skad.nn.saliency import gradient_saliency, input_gradient_saliency
 
 
 def test_saliency_points_at_the_pixels_the_score_depends_on():
@@ -25,30 +20,6 @@ def test_saliency_points_at_the_pixels_the_score_depends_on():
     outside = maps[:, 20:, :10].mean()
     assert inside > 0.5 and outside < 0.05
     assert not x.requires_grad  # the caller's tensor is left alone
-
-
-def test_gaussian_blur_keeps_constants_and_spreads_a_peak():
-    const = torch.full((1, 20, 20), 3.0)
-    assert torch.allclose(gaussian_blur(const, 2.0), const)
-    peak = torch.zeros(1, 21, 21)
-    peak[0, 10, 10] = 1.0
-    blurred = gaussian_blur(peak, 2.0)
-    assert blurred[0, 10, 10] < 0.1 and blurred[0, 10, 11] > 0.01
-    assert abs(blurred.sum().item() - 1.0) < 1e-5  # far from the border, mass is kept
-    assert torch.equal(gaussian_blur(peak, 0.0), peak)
-
-
-def test_normalize_maps_sends_min_to_zero_and_quantile_to_one():
-    maps = torch.arange(100.0).view(1, 10, 10)
-    out = normalize_maps(maps, 0.99)
-    assert out.min() == 0 and out.max() == 1
-    assert torch.allclose(out[0, 0, 1], torch.tensor(1 / 98.01), atol=1e-4)
-
-
-def test_normalize_maps_zeroes_maps_flat_up_to_rounding():
-    flat = torch.full((1, 8, 8), 3e-4)
-    flat[0, 2, 3] += 1e-12  # rounding noise must not be stretched to [0, 1]
-    assert normalize_maps(flat).max() < 1e-3
 
 
 class _TwoCueNet(nn.Module):
