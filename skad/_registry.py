@@ -13,6 +13,7 @@ __all__ = ["DETECTORS", "detector_class"]
 #: Short name (the CLI's ``--detector``) -> ``(private module, class name)``.
 DETECTORS = {
     "adl": ("skad.detectors._adl", "AdaptiveDeviationDetector"),
+    "bgad": ("skad.detectors._bgad", "BoundaryGuidedDetector"),
     "devnet": ("skad.detectors._devnet", "DeviationNetworkDetector"),
     "multicue": ("skad.detectors._multicue", "MultiCueDetector"),
     "padim": ("skad.detectors._padim", "PaDiMDetector"),

@@ -30,6 +30,7 @@ TRAINED = dict(max_epochs=2)
 def _detectors():
     from skad import (
         AdaptiveDeviationDetector,
+        BoundaryGuidedDetector,
         DeviationNetworkDetector,
         MultiCueDetector,
         PaDiMDetector,
@@ -50,6 +51,8 @@ def _detectors():
         "PatchCoreDetector-reweighted": lambda **kw: PatchCoreDetector(
             **TINY, coreset_ratio=0.5, reweight_neighbors=3, **kw),
         "PaDiMDetector": lambda **kw: PaDiMDetector(**TINY, n_features=16, **kw),
+        "BoundaryGuidedDetector": lambda **kw: BoundaryGuidedDetector(
+            **TINY, **TRAINED, n_blocks=2, cond_dim=16, n_pseudo=8, steps_per_epoch=2, **kw),
     }
 
 
@@ -99,7 +102,12 @@ def record():
 
 if __name__ == "__main__":
     if "--write" not in sys.argv:
-        sys.exit("usage: python tests/_snapshot.py --write   (re-records tests/data/snapshot.npz)")
+        sys.exit("usage: python tests/_snapshot.py --write [--add]   (re-records "
+                 "tests/data/snapshot.npz; --add only adds the keys it does not hold yet)")
     PATH.parent.mkdir(exist_ok=True)
-    np.savez_compressed(PATH, **record())
+    outputs = record()
+    if "--add" in sys.argv and PATH.exists():
+        with np.load(PATH) as stored:
+            outputs = {**outputs, **dict(stored)}  # keep every recorded number
+    np.savez_compressed(PATH, **outputs)
     print(f"wrote {PATH}")

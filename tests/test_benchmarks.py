@@ -62,7 +62,39 @@ def test_hard_setting_tests_only_unseen_type(fake_elpv, tmp_path):
                "--image-size", "8", "--n-labeled", "3", "--setting", "hard",
                "--out", str(tmp_path / "hard")])
     runs = pd.read_csv(tmp_path / "hard_runs.csv")
-    assert list(runs.setting) == ["hard"] and runs.auroc.iloc[0] == 1.0
+    assert list(runs.setting) == ["hard mono"] and runs.auroc.iloc[0] == 1.0
+
+
+def test_hard_setting_in_the_other_direction(fake_elpv, tmp_path, monkeypatch):
+    from skad import model_selection
+
+    seen = []
+    split = model_selection.contaminated_split
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("seen_groups"))
+        return split(*args, **kwargs)
+
+    monkeypatch.setattr(model_selection, "contaminated_split", spy)
+    elpv.register("bright", lambda seed, args: MeanBrightness(seed))
+    elpv.main(["--seeds", "0", "--models", "bright", "--levels", "0", "--ablations",
+               "--image-size", "8", "--n-labeled", "3", "--setting", "hard", "--seen", "poly",
+               "--out", str(tmp_path / "hard")])
+    assert seen == ["poly"]
+    assert list(pd.read_csv(tmp_path / "hard_runs.csv").setting) == ["hard poly"]
+
+
+def test_without_labels_fits_on_the_unlabelled_images_only():
+    fitted = []
+
+    class Spy(MeanBrightness):
+        def fit(self, X, y=None):
+            fitted.append((len(X), y))
+            return self
+
+    X = np.zeros((6, 4, 4))
+    elpv.WithoutLabels(Spy(0)).fit(X, np.array([1, 1, -1, 1, -1, 1]))
+    assert fitted == [(4, None)]
 
 
 def test_unknown_model_is_an_error_listing_the_registry(fake_elpv, tmp_path):

@@ -33,6 +33,8 @@ FAST = {
     "MultiCueDetector": {"fuse_channels": 8, "n_reference": 500},
     "PatchCoreDetector": {"coreset_ratio": 0.5},
     "PaDiMDetector": {"n_features": 16},
+    "BoundaryGuidedDetector": {"n_blocks": 2, "cond_dim": 16, "n_pseudo": 8,
+                               "steps_per_epoch": 2},
 }
 
 
@@ -219,6 +221,7 @@ def test_localize_returns_float32_maps_at_input_size(name, fitted, data):
 
 # A parameter each detector has, for the grid search; the trained detectors share ``lr``.
 GRIDS = {
+    "BoundaryGuidedDetector": {"beta": [0.05, 0.1]},
     "PatchCoreDetector": {"coreset_ratio": [0.25, 0.5]},
     "PaDiMDetector": {"n_features": [8, 16]},
 }

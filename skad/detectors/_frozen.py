@@ -192,7 +192,7 @@ class FrozenFeatureDetector(BaseDetector):
         """Return the method's :class:`~skad.nn.frozen.FrozenPatchModule`."""
 
     @abstractmethod
-    def _fit_head(self, cache, target, generator):
+    def _fit_head(self, cache, target, generator, masks=None):
         """Fill ``self.module_``'s buffers from the cached training features.
 
         Parameters
@@ -203,6 +203,8 @@ class FrozenFeatureDetector(BaseDetector):
             1 for a labelled anomaly, 0 for an unlabelled image.
         generator : torch.Generator
             The fit's source of randomness (CPU).
+        masks : tuple (rows, masks) or None, default=None
+            The labelled anomalies' defect masks (see :func:`skad._images.check_masks`).
 
         Returns
         -------
@@ -238,7 +240,7 @@ class FrozenFeatureDetector(BaseDetector):
                                    batch_size=self.batch_size, device=self.device_,
                                    dtype=self._cache_dtype)
         start = time.perf_counter()
-        train_scores = self._fit_head(self._cache, target, generator)
+        train_scores = self._fit_head(self._cache, target, generator, masks=masks)
         self._log("fitted", start)
         return train_scores
 

@@ -153,7 +153,7 @@ class PaDiMDetector(FrozenFeatureDetector):
             )
         return PaDiMModule(embedding, torch.arange(self.n_features or embedding.channels))
 
-    def _fit_head(self, cache, target, generator):
+    def _fit_head(self, cache, target, generator, masks=None):
         module = self.module_
         normal = np.flatnonzero(target == 0)
         if len(normal) < 2:

@@ -179,7 +179,7 @@ class PatchCoreDetector(FrozenFeatureDetector):
         return PatchCoreModule(self._patch_embedding(pool_size=3),
                                reweight_neighbors=self.reweight_neighbors)
 
-    def _fit_head(self, cache, target, generator):
+    def _fit_head(self, cache, target, generator, masks=None):
         module = self.module_
         start = time.perf_counter()
         embeddings = cache.all()
