@@ -181,10 +181,26 @@ def _bgad(labels=True, **params):
     return build
 
 
-register("BGAD", _bgad())
-register("BGAD ML only", _bgad(labels=False, lam=0.0, pseudo_anomalies=None))
-register("BGAD + boundary", _bgad(anomaly_top_k=None))
-register("BGAD + reweighting", _bgad(divergence="alpha"))
+def _bgad_rows(name):
+    def rows(est, X_test):
+        """One fit, two rows: the paper's likelihood map and the log-likelihood map."""
+        det = getattr(est, "estimator", est)
+        out = {name: -est.score_samples(X_test)}
+        kind = det.module_.map
+        det.module_.map = "log_likelihood" if kind == "likelihood" else "likelihood"
+        try:
+            out[f"{name} ({det.module_.map} map)"] = -est.score_samples(X_test)
+        finally:
+            det.module_.map = kind
+        return out
+    return rows
+
+
+register("BGAD", _bgad(), _bgad_rows("BGAD"))
+register("BGAD ML only", _bgad(labels=False, lam=0.0, pseudo_anomalies=None),
+         _bgad_rows("BGAD ML only"))
+register("BGAD + boundary", _bgad(anomaly_top_k=None), _bgad_rows("BGAD + boundary"))
+register("BGAD + reweighting", _bgad(divergence="alpha"), _bgad_rows("BGAD + reweighting"))
 BGAD_ABLATIONS = ["BGAD ML only", "BGAD + boundary", "BGAD", "BGAD + reweighting"]
 
 register("PatchCore", _frozen("PatchCoreDetector"))
