@@ -15,7 +15,10 @@ Rows, each from one fit per detector and seed:
 - ``MultiCue, no masks`` -- with ``--no-masks-row``: MultiCue fitted without the
   labelled anomalies' masks;
 - ``ADL segmentation`` and ``ADL saliency`` -- one ADL fit, its segmentation
-  head and its input-gradient saliency of the deviation score.
+  head and its input-gradient saliency of the deviation score;
+- with ``--groups ... bgad``: ``BGAD`` (fitted with the labelled anomalies' masks, its
+  likelihood map; the same fit's log-likelihood map) and ``BGAD, no masks``;
+- with ``--groups ... baselines``: the label-free ``PatchCore`` and ``PaDiM`` maps.
 
 Pixel AUROC and AUPRO (FPR <= 0.3) over all test pixels, pixel AUROC over the
 pixels of the anomalous test images only (where, not whether: gradient maps are
@@ -77,11 +80,62 @@ def _pixel_row(name, maps, masks_test, image_scores, y_test, seconds):
 
 def run_seed(seed, args):
     """All rows of one seed."""
-    from skad import AdaptiveDeviationDetector, MultiCueDetector
-
     X_train, y_train, masks_train, X_test, y_test, masks_test = split(seed, args)
     rows = []
+    if "bgad" in args.groups:
+        rows += _bgad_rows(seed, args, X_train, y_train, masks_train, X_test, y_test,
+                           masks_test)
+    if "baselines" in args.groups:
+        rows += _baseline_rows(seed, args, X_train, y_train, X_test, y_test, masks_test)
+    if "multicue" in args.groups:
+        rows += _multicue_rows(seed, args, X_train, y_train, masks_train, X_test, y_test,
+                               masks_test)
+    if "adl" in args.groups:
+        rows += _adl_rows(seed, args, X_train, y_train, X_test, y_test, masks_test)
+    for row in rows:
+        row["seed"] = seed
+        print(row, flush=True)
+    return rows
 
+
+def _bgad_rows(seed, args, X_train, y_train, masks_train, X_test, y_test, masks_test):
+    """BGAD with the labelled anomalies' masks (both map forms), and without masks."""
+    from skad import BoundaryGuidedDetector
+
+    rows = []
+    for name, masks in (("BGAD", masks_train), ("BGAD, no masks", None)):
+        start = time.perf_counter()
+        det = BoundaryGuidedDetector(image_size=args.image_size, device=args.device,
+                                     random_state=seed).fit(X_train, y_train, masks=masks)
+        scores, maps = -det.score_samples(X_test), det.localize(X_test)
+        seconds = time.perf_counter() - start
+        rows.append(_pixel_row(name, maps, masks_test, scores, y_test, seconds))
+        if masks is not None:
+            det.module_.map = "log_likelihood"  # a scoring-time form: no refit
+            rows.append(_pixel_row(f"{name} (log_likelihood map)", det.localize(X_test),
+                                   masks_test, -det.score_samples(X_test), y_test, seconds))
+    return rows
+
+
+def _baseline_rows(seed, args, X_train, y_train, X_test, y_test, masks_test):
+    """The label-free PatchCore and PaDiM maps at the benchmark's image size."""
+    from skad import PaDiMDetector, PatchCoreDetector
+
+    rows = []
+    for cls in (PatchCoreDetector, PaDiMDetector):
+        start = time.perf_counter()
+        det = cls(image_size=args.image_size, device=args.device,
+                  random_state=seed).fit(X_train, y_train)
+        scores, maps = -det.score_samples(X_test), det.localize(X_test)
+        rows.append(_pixel_row(cls.__name__.removesuffix("Detector"), maps, masks_test,
+                               scores, y_test, time.perf_counter() - start))
+    return rows
+
+
+def _multicue_rows(seed, args, X_train, y_train, masks_train, X_test, y_test, masks_test):
+    from skad import MultiCueDetector
+
+    rows = []
     start = time.perf_counter()
     det = _detector(MultiCueDetector, seed, args).fit(X_train, y_train, masks=masks_train)
     cues = det.cue_scores(X_test)
@@ -101,7 +155,13 @@ def run_seed(seed, args):
         scores, maps = -det.score_samples(X_test), det.localize(X_test)
         rows.append(_pixel_row("MultiCue, no masks", maps, masks_test, scores, y_test,
                                time.perf_counter() - start))
+    return rows
 
+
+def _adl_rows(seed, args, X_train, y_train, X_test, y_test, masks_test):
+    from skad import AdaptiveDeviationDetector
+
+    rows = []
     start = time.perf_counter()
     det = _detector(AdaptiveDeviationDetector, seed, args).fit(X_train, y_train)
     scores = -det.score_samples(X_test)
@@ -111,9 +171,6 @@ def run_seed(seed, args):
     seconds = time.perf_counter() - start
     rows.append(_pixel_row("ADL segmentation", seg_maps, masks_test, scores, y_test, seconds))
     rows.append(_pixel_row("ADL saliency", sal_maps, masks_test, scores, y_test, seconds))
-    for row in rows:
-        row["seed"] = seed
-        print(row, flush=True)
     return rows
 
 
@@ -132,6 +189,9 @@ def build_parser():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--groups", nargs="+", default=["multicue", "adl"],
+                        choices=["multicue", "adl", "bgad", "baselines"],
+                        help="which detectors' rows (default: %(default)s)")
     parser.add_argument("--no-masks-row", action="store_true",
                         help="also fit MultiCue without the labelled anomalies' masks")
     parser.add_argument("--threads", type=int, default=None,
