@@ -76,7 +76,7 @@ def _importable(module):
     parts = module.split(".")
     if any(p in ("__main__", "conftest") or p.startswith("test") for p in parts):
         return False
-    return parts[0] in ("skad", "sklearn", "skorch") or module.startswith("torch.optim")
+    return parts[0] in ("skad", "sklearn", "skorch") or parts[:2] == ["torch", "optim"]
 
 
 def _name_of(obj):
@@ -120,7 +120,7 @@ def _is_reference(obj):
         return False
     schedulers = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     module = obj.__module__
-    return ((issubclass(obj, torch.optim.Optimizer) and module.startswith("torch.optim"))
+    return ((issubclass(obj, torch.optim.Optimizer) and module.split(".")[:2] == ["torch", "optim"])
             or (issubclass(obj, schedulers) and _top(module) in ("torch", "skorch"))
             or _is_callback_class(obj))
 
