@@ -305,7 +305,8 @@ def load_mvtec(root, category, split="test", *, return_arrays=False, image_size=
     Notes
     -----
     Images are ordered by defect folder (``good`` first, the others
-    alphabetically) and then by file name.
+    alphabetically) and then by file name. Arrays are decoded as in
+    :func:`load_folder`.
 
     Examples
     --------
@@ -544,7 +545,11 @@ def load_folder(
 
     Notes
     -----
-    Supported extensions are png, jpg, jpeg, bmp, tif, tiff and webp (any case).
+    Supported extensions are png, jpg, jpeg, bmp, tif, tiff and webp (any case). With
+    ``return_arrays=True`` every file is decoded by skad's image reader, as the detectors
+    read paths: 16-bit, 12-bit and float TIFF images are mapped to 0-255 by the range of
+    their bit depth (not clipped, nor stretched by each image's maximum), palette and RGBA
+    images to RGB, and the EXIF orientation is applied (to masks too).
     Images are ordered by folder (the normal folder first, then the defect
     folders alphabetically) and then by file name. Hidden files and folders
     are ignored.
