@@ -241,9 +241,9 @@ class _Writer:
 
 
 def _generator_node(writer, generator):
-    from .persistence import _PortableGenerator
+    from ._portable import PortableGenerator
 
-    portable = _PortableGenerator(generator)
+    portable = PortableGenerator(generator)
     state = np.frombuffer(portable.state, dtype=np.uint8).copy()
     return {"$generator": {"device": portable.device, "seed": portable.seed,
                            "state": writer.array(state)}}
@@ -337,7 +337,21 @@ def _net_node(writer, detector, net, where):
 
 
 def dump_state(estimator):
-    """``(archive bytes, list of what was pickled)`` for ``estimator``."""
+    """The archive of ``estimator``, and what in it had to be pickled.
+
+    Parameters
+    ----------
+    estimator : object
+        Usually a scikit-learn estimator; any value is accepted (it is
+        pickled if nothing else expresses it).
+
+    Returns
+    -------
+    payload : bytes
+        The ZIP archive.
+    pickled : list of str
+        ``"<where> (<type>)"`` of each value stored as pickle.
+    """
     from safetensors.torch import save as save_tensors
 
     writer = _Writer()
@@ -412,11 +426,11 @@ class _Reader:
         return self.tensor(value).clone().requires_grad_(bool(node.get("requires_grad")))
 
     def _generator(self, value, node):
-        from .persistence import _restore_generator
+        from ._portable import restore_generator
 
         # on its own device when there is one here, else on the CPU from its seed
         state = self.array(value["state"]).astype(np.uint8).tobytes()
-        return _restore_generator(str(value["device"]), int(value["seed"]), state)
+        return restore_generator(str(value["device"]), int(value["seed"]), state)
 
     def _device(self, value, node):
         import torch
@@ -459,10 +473,10 @@ class _Reader:
         if not self.trusted:
             raise UntrustedContent(
                 "it holds objects stored as pickle, and loading them runs code from the file")
-        from .persistence import _Unpickler
+        from ._portable import CPUUnpickler
 
         with self.archive.open(str(value)) as handle:
-            return _Unpickler(io.BytesIO(handle.read())).load()
+            return CPUUnpickler(io.BytesIO(handle.read())).load()
 
     def _estimator(self, value, node):
         cls = _lookup(value)
@@ -624,6 +638,10 @@ def load_state(payload, *, trusted, device_map):
         Whether ``$pickle`` nodes may be unpickled.
     device_map : dict
         Saved device -> device to use (``{"cuda": "cpu"}`` without CUDA).
+
+    Returns
+    -------
+    estimator : object
 
     Raises
     ------

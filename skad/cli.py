@@ -221,13 +221,27 @@ def main(argv=None):
 
 
 class Collected(NamedTuple):
-    """The images of a ``--data`` or ``--labeled`` folder."""
+    """The images of a ``--data`` or ``--labeled`` folder.
+
+    Parameters
+    ----------
+    paths : list of str
+        The image files, in reading order.
+    target : ndarray or None
+        +1 / -1 per image for a ``good/`` + ``<defect>/`` tree, else None.
+    defect : ndarray or None
+        The image's folder name for a tree, else None.
+    root : pathlib.Path
+        The folder the paths were read from (an MVTec split folder, when entered).
+    skipped : list of tuple (pathlib.Path, str)
+        The entries that were not read, and why (see :func:`skad._io.scan_images`).
+    """
 
     paths: list
-    target: object  # ndarray of +1 / -1 for a good/ + <defect>/ tree, else None
-    defect: object  # ndarray of folder names for a tree, else None
+    target: object
+    defect: object
     root: Path
-    skipped: list  # (path, reason) of the entries that are not read
+    skipped: list
 
 
 def _scan(folder):

@@ -42,11 +42,12 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import platform
 import re
 import types
 import warnings
+
+from ._portable import CPUUnpickler, PortableGenerator, device_available, restore_generator
 
 __all__ = [
     "FORMAT_VERSION",
@@ -145,40 +146,11 @@ def _is_foreign(value):
     return module.startswith(("pandas", "numpy", "scipy"))
 
 
-class _PortableGenerator:
-    """Pickles a device-bound ``torch.Generator`` so that it loads without that device."""
-
-    def __init__(self, generator):
-        self.device = str(generator.device)
-        self.seed = int(generator.initial_seed())
-        self.state = bytes(generator.get_state().numpy().tobytes())
-
-    def __reduce__(self):
-        return _restore_generator, (self.device, self.seed, self.state)
-
-
-def _restore_generator(device, seed, state):
-    """Re-create a pickled generator; on the CPU, from its seed, if ``device`` is missing."""
-    import torch
-
-    if _device_available(device):
-        generator = torch.Generator(device=device)
-        generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
-        return generator
-    return torch.Generator().manual_seed(seed)
-
-
-def _device_available(device):
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cpu":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
-    accelerator = getattr(torch, "accelerator", None)
-    return bool(accelerator is not None and accelerator.is_available()
-                and accelerator.current_accelerator().type == device.type)
+# old model files (format 1) pickled generators as calls of skad.persistence._restore_generator
+_PortableGenerator = PortableGenerator
+_restore_generator = restore_generator
+_Unpickler = CPUUnpickler
+_device_available = device_available
 
 
 def _fitted_devices(obj):
@@ -189,23 +161,6 @@ def _fitted_devices(obj):
     found += [v for _, _, v in _walk(obj) if isinstance(v, BaseDetector)]
     unique = {id(d): d for d in found if hasattr(d, "device_")}
     return list(unique.values())
-
-
-class _Unpickler(pickle.Unpickler):
-    """Maps tensors to the CPU where their device is missing."""
-
-    def find_class(self, module, name):
-        if (module, name) == ("torch.storage", "_load_from_bytes"):
-            return _load_storage
-        return super().find_class(module, name)
-
-
-def _load_storage(data):
-    import torch
-
-    # torch's own _load_from_bytes keeps the saved device, which fails without CUDA
-    location = None if torch.cuda.is_available() else "cpu"
-    return torch.load(io.BytesIO(data), map_location=location, weights_only=True)
 
 
 # ------------------------------------------------------------------------- save
