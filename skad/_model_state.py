@@ -45,6 +45,8 @@ from collections import OrderedDict
 from pathlib import Path, PurePath
 
 import numpy as np
+import torch
+from sklearn.base import BaseEstimator
 
 __all__ = ["ModelStateError", "UntrustedContent", "dump_state", "load_state"]
 
@@ -96,8 +98,6 @@ def _lookup(name):
 
 
 def _is_estimator_class(cls):
-    from sklearn.base import BaseEstimator
-
     return isinstance(cls, type) and issubclass(cls, BaseEstimator) and _top(
         cls.__module__) in ("skad", "sklearn")
 
@@ -111,7 +111,6 @@ def _is_callback_class(cls):
 
 def _is_reference(obj):
     """Classes and functions stored by name: optimisers, LR schedulers, callbacks, print."""
-    import torch
     from skorch.utils import noop
 
     if obj is print or obj is noop:
@@ -169,8 +168,6 @@ class _Writer:
             return {"$pickle": name}
 
     def _typed(self, value, where, strict):
-        import torch
-
         enc = self.encode
         if value is None or isinstance(value, (bool, str)):
             return value
@@ -218,8 +215,6 @@ class _Writer:
             return {"$history": enc(list(value), where, strict=strict)}
         if strict:
             raise _Untyped
-        from sklearn.base import BaseEstimator
-
         if isinstance(value, BaseEstimator) and _is_estimator_class(type(value)):
             return _estimator_node(self, value, where)
         if _is_callback_class(type(value)):
@@ -275,8 +270,6 @@ def _estimator_node(writer, estimator, where):
 
 def _module_node(writer, module):
     """Tensors, modes and skad attributes of a torch module, to be put into a rebuilt one."""
-    import torch
-
     tensors, layouts, frozen = {}, {}, []
     named = list(module.named_parameters()) + list(module.named_buffers())
     for name, tensor in named:
@@ -307,8 +300,6 @@ def _module_node(writer, module):
 
 def _net_node(writer, detector, net, where):
     """What a trained detector's skorch net needs beyond what its hooks rebuild."""
-    import torch
-
     params = net.get_params(deep=False)
     plain = {k: v for k, v in params.items()
              if "__" in k and (v is None or isinstance(v, (bool, int, float, str)))}
@@ -433,13 +424,9 @@ class _Reader:
         return restore_generator(str(value["device"]), int(value["seed"]), state)
 
     def _device(self, value, node):
-        import torch
-
         return torch.device(str(value))
 
     def _dtype(self, value, node):
-        import torch
-
         dtype = getattr(torch, str(value), None)
         if not isinstance(dtype, torch.dtype):
             raise ModelStateError(f"bad dtype {value!r}")
@@ -466,7 +453,7 @@ class _Reader:
         if not _is_callback_class(cls):
             raise ModelStateError(f"the file names {value!r}, which is not a skorch callback.")
         obj = cls.__new__(cls)
-        obj.__dict__.update(self.decode(node["state"]))
+        obj.__dict__.update(_check_attributes(obj, self.decode(node["state"]), value))
         return obj
 
     def _pickle(self, value, node):
@@ -483,7 +470,7 @@ class _Reader:
         if not _is_estimator_class(cls):
             raise ModelStateError(f"the file names {value!r}, which is not an estimator.")
         estimator = cls(**self.decode(node["params"]))
-        state = self.decode(node["state"])
+        state = _check_attributes(estimator, self.decode(node["state"]), value)
         if "device_" in state:
             state["device_"] = self.device_map.get(str(state["device_"]), state["device_"])
         estimator.__dict__.update(state)
@@ -499,10 +486,17 @@ class _Reader:
     _net = _module
 
 
+def _check_attributes(obj, attributes, what):
+    """Attributes a file may set on ``obj``: no dunder, nothing that names a method."""
+    for key in attributes:
+        if (not isinstance(key, str) or key.startswith("__")
+                or callable(getattr(type(obj), key, None))):
+            raise ModelStateError(f"the file sets {key!r} on {what}, which skad never saves")
+    return attributes
+
+
 def _stand_in_data(detector):
     """Data for a ``_build_module`` hook: what fit gave it, as far as the module depends on it."""
-    import torch
-
     from ._images import ImageInput
 
     if getattr(detector, "input_kind_", "images") == "tabular":
@@ -522,8 +516,6 @@ class _rebuilding:
         self.detector = detector
 
     def __enter__(self):
-        import torch
-
         self.rng = torch.random.fork_rng(devices=[])
         self.rng.__enter__()
         self.pretrained = self.detector.__dict__.get("pretrained", False)
@@ -546,8 +538,6 @@ def _rebuild_module(reader, detector, node):
 
 def _fill_module(reader, module, node, device):
     """Put the saved tensors, modes and skad attributes of ``node`` into a rebuilt ``module``."""
-    import torch
-
     if _name_of(type(module)) != node["$module"]:
         raise ModelStateError(
             f"the saved module is a {node['$module']} but this skad builds a "
@@ -588,7 +578,7 @@ def _fill_module(reader, module, node, device):
     for name in node["frozen"]:
         module.get_parameter(name).requires_grad_(False)
     for name, attributes in reader.decode(node["attributes"]).items():
-        for key, value in attributes.items():
+        for key, value in _check_attributes(subs[name], attributes, name or "the module").items():
             setattr(subs[name], key, value)
     training = set(node["training"])
     for name, sub in module.named_modules():
@@ -598,8 +588,6 @@ def _fill_module(reader, module, node, device):
 
 def _rebuild_net(reader, detector, node):
     """The detector's skorch net, rebuilt by its own hooks and filled with the saved state."""
-    import torch
-
     data = _stand_in_data(detector)
     device = detector.device_
     generator = (reader.decode(node["generator"]) if node["generator"] is not None
@@ -609,10 +597,14 @@ def _rebuild_net(reader, detector, node):
     with _rebuilding(detector):
         module = detector._build_module(data)
         extra = detector._build_extra_modules(data)
+    params = reader.decode(node["params"])
+    if not all("__" in k and (v is None or isinstance(v, (bool, int, float, str)))
+               for k, v in params.items()):
+        raise ModelStateError("the saved net has parameters skad never saves")
     net = detector._make_net(
         module, criterion=detector._build_criterion(generator), sampler_rng=sampler,
         batch_transform=detector._build_batch_transform(generator), extra_modules=extra,
-        **reader.decode(node["params"]))
+        **params)
     net.initialize()
     modules = dict(node["modules"]["$dict"])
     for name, module_node in modules.items():
@@ -624,7 +616,7 @@ def _rebuild_net(reader, detector, node):
     callbacks = dict(net.callbacks_)
     for name, attributes in reader.decode(node["callbacks"]).items():
         if name in callbacks:
-            callbacks[name].__dict__.update(attributes)
+            callbacks[name].__dict__.update(_check_attributes(callbacks[name], attributes, name))
     return net
 
 

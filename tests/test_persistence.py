@@ -329,11 +329,15 @@ def test_classes_outside_the_allowlist_are_never_imported_or_called(fitted, tmp_
         payload = handle.read()
     archive = zipfile.ZipFile(io.BytesIO(payload))
     tree = json.loads(archive.read("model.json"))
-    for node in ({"$estimator": "os:system", "params": {"$dict": []}, "state": {"$dict": []}},
-                 {"$ref": "subprocess:Popen"}, {"$object": "builtins:eval", "state": {}},
-                 {"$estimator": "skad.persistence:save", "params": {"$dict": []},
-                  "state": {"$dict": []}}):
-        tree["root"]["state"]["$dict"].append(["evil_", node])
+    for key, node in (
+            ("evil_", {"$estimator": "os:system", "params": {"$dict": []},
+                       "state": {"$dict": []}}),
+            ("evil_", {"$ref": "subprocess:Popen"}),
+            ("evil_", {"$object": "builtins:eval", "state": {}}),
+            ("evil_", {"$estimator": "skad.persistence:save", "params": {"$dict": []},
+                       "state": {"$dict": []}}),
+            ("score_samples", {"$ref": "builtins:print"})):  # a method replaced
+        tree["root"]["state"]["$dict"].append([key, node])
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w") as out:
             for info in archive.infolist():
@@ -341,7 +345,8 @@ def test_classes_outside_the_allowlist_are_never_imported_or_called(fitted, tmp_
                          else archive.read(info.filename))
                 out.writestr(info.filename, data_)
         _swap_payload(path, buffer.getvalue())
-        with pytest.raises(ModelFileError, match="does not load|not an estimator|not a class"):
+        with pytest.raises(ModelFileError,
+                           match="does not load|not an estimator|not a class|never saves"):
             load(path)
         tree["root"]["state"]["$dict"].pop()
     assert hashlib.sha256(payload).hexdigest()  # the original payload was left untouched
