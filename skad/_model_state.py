@@ -316,7 +316,10 @@ def _net_node(writer, detector, net, where):
     callbacks = {name: writer._attributes(
         {k: v for k, v in vars(cb).items() if k.endswith("_")}, f"{where}.net_.{name}.",
         strict=True) for name, cb in getattr(net, "callbacks_", [])}
-    return {"$net": _name_of(type(net)),
+    # a net that trains a part of the detector's module_ (a head on frozen features)
+    shared = [n for n, m in getattr(detector, "module_", torch.nn.Module()).named_modules()
+              if m is net.module_]
+    return {"$net": _name_of(type(net)), "module_in": shared[0] if shared else None,
             "params": writer._attributes(plain, f"{where}.net_."),
             "modules": {"$dict": [[k, v] for k, v in modules.items()]},
             "generator": None if generator is None else _generator_node(writer, generator),
@@ -595,7 +598,10 @@ def _rebuild_net(reader, detector, node):
     sampler = (reader.decode(node["sampler_generator"]) if node["sampler_generator"]
                is not None else torch.Generator())
     with _rebuilding(detector):
-        module = detector._build_module(data)
+        if node.get("module_in") is not None:  # the part of module_ (rebuilt first) it trains
+            module = detector.module_.get_submodule(str(node["module_in"]))
+        else:
+            module = detector._build_module(data)
         extra = detector._build_extra_modules(data)
     params = reader.decode(node["params"])
     if not all("__" in k and (v is None or isinstance(v, (bool, int, float, str)))
