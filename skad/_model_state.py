@@ -174,6 +174,8 @@ class _Writer:
         if isinstance(value, np.generic):
             if value.dtype.kind == "O":
                 raise _Untyped
+            if value.dtype.kind in "biuf" and value.dtype.itemsize <= 8:  # exact in JSON
+                return {"$npscalar": value.dtype.str, "value": enc(value.item(), where)}
             return {"$npscalar": self.array(np.asarray(value))}
         if isinstance(value, int):
             return int(value)
@@ -411,6 +413,8 @@ class _Reader:
         return self.array(value)
 
     def _npscalar(self, value, node):
+        if "value" in node:
+            return np.dtype(str(value)).type(self.decode(node["value"]))
         return self.array(value)[()]
 
     def _npdtype(self, value, node):
