@@ -26,7 +26,14 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._images import ImageInput, check_labels, check_masks, is_tabular, iter_image_batches
+from ._images import (
+    ImageInput,
+    check_labels,
+    check_masks,
+    check_tabular,
+    is_tabular,
+    iter_image_batches,
+)
 from .nn.anomaly_map import upsample_maps
 
 __all__ = ["BaseDetector"]
@@ -135,8 +142,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         if reset and tabular and not self._accepts_tabular and not sp.issparse(X):
             # refused before any fitted attribute is set
             raise ValueError(
-                f"{type(self).__name__} needs images (n, H, W[, C]) or image paths; got "
-                f"tabular data of shape {np.shape(X)}. For tabular data use "
+                f"X is tabular data of shape {np.shape(X)}, but {type(self).__name__} needs "
+                "images (n, H, W[, C]) or image paths. For tabular data use "
                 "DeviationNetworkDetector."
             )
         if not reset and self.input_kind_ == "tabular" and not tabular and not isinstance(
@@ -151,6 +158,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                 f"{'tabular' if tabular else 'images'}; pass data of the kind used in fit."
             )
         if tabular:
+            check_tabular(X)
             X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
             return torch.as_tensor(np.asarray(X, dtype=np.float32))
         if reset and hasattr(self, "n_features_in_"):

@@ -12,6 +12,10 @@ Subcommands:
 
 ``skad <command> --help`` lists each command's options. Heavy libraries
 (torch, timm, matplotlib) are imported only by the command that needs them.
+
+Exit status: 0 on success, 2 on a user error (a bad option, folder, image
+or model file), printed as ``skad <command>: error: ...`` without a
+traceback (``--debug`` shows it), as argparse does for usage errors.
 """
 
 import argparse
@@ -19,7 +23,9 @@ import ast
 import importlib
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 from . import __version__
 from ._registry import DETECTORS, detector_class
@@ -38,8 +44,12 @@ _DEMO = dict(image_size=128, epochs=5, steps=40, lr=1e-3, batch_size=16, seed=42
              device="auto", contamination=0.1, n_labeled=10)
 
 
+#: Exit status of a user error, argparse's convention for usage errors.
+USER_ERROR = 2
+
+
 class CommandError(Exception):
-    """A user error: printed as ``skad <command>: error: ...`` with exit status 1."""
+    """A user error: printed as ``skad <command>: error: ...`` with exit status 2."""
 
 
 # --------------------------------------------------------------------------- parser
@@ -124,6 +134,8 @@ def build_parser():
                           "prediction threshold (default: the detector's)")
     fit.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                      help="any other detector parameter, e.g. -p lam=0.5 (repeatable)")
+    fit.add_argument("-v", "--verbose", action="store_true",
+                     help="list the files and folders that were skipped, and why")
     fit.set_defaults(func=_cmd_fit)
 
     score = commands.add_parser(
@@ -147,7 +159,9 @@ def build_parser():
                        help="images scored at once (default: %(default)s)")
     score.add_argument("--trusted", action="store_true",
                        help="load model files that fail skad's checks (other skad version, no "
-                            "skad header); loading runs code from the file")
+                            "skad header, pickled content); loading runs code from the file")
+    score.add_argument("-v", "--verbose", action="store_true",
+                       help="list the files and folders that were skipped, and why")
     score.set_defaults(func=_cmd_score)
 
     bench = commands.add_parser(
@@ -184,31 +198,94 @@ def main(argv=None):
     Returns
     -------
     status : int
-        0 on success, 1 on a user error (printed), 2 on a usage error.
+        0 on success, 2 on a user or usage error (printed without a traceback).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
+        return USER_ERROR
     from .persistence import ModelFileError
 
     try:
         return args.func(args) or 0
-    except (CommandError, ModelFileError, ValueError, FileNotFoundError, ImportError) as exc:
+    except (CommandError, ModelFileError, ValueError, OSError, ImportError) as exc:
+        # ValueError: skad's own checks of data and parameters; OSError: files and folders
         if args.debug:
             raise
         print(f"skad {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return USER_ERROR
 
 
 # --------------------------------------------------------------------------- data
 
 
-def _image_files(folder):
-    from .datasets._folders import list_images
+class Collected(NamedTuple):
+    """The images of a ``--data`` or ``--labeled`` folder.
 
-    return [str(p) for p in list_images(folder)]
+    Parameters
+    ----------
+    paths : list of str
+        The image files, in reading order.
+    target : ndarray or None
+        +1 / -1 per image for a ``good/`` + ``<defect>/`` tree, else None.
+    defect : ndarray or None
+        The image's folder name for a tree, else None.
+    root : pathlib.Path
+        The folder the paths were read from (an MVTec split folder, when entered).
+    skipped : list of tuple (pathlib.Path, str)
+        The entries that were not read, and why (see :func:`skad._io.scan_images`).
+    """
+
+    paths: list
+    target: object
+    defect: object
+    root: Path
+    skipped: list
+
+
+def _scan(folder):
+    from ._io import scan_images
+
+    return scan_images(folder)
+
+
+def _collect(root, *, option, normal="good", split=None):
+    """Images of a folder: a :class:`Collected`.
+
+    A folder with images directly inside is plain (no labels, its subfolders
+    skipped); otherwise an MVTec-style category folder is entered at
+    ``split``, and a tree with a ``normal`` folder is read by
+    :func:`skad.datasets.load_folder`; any other tree contributes the images
+    of all its subfolders, unlabelled. Every entry not read is in ``skipped``
+    with the reason.
+    """
+    from ._io import IMAGE_EXTENSIONS
+    from .datasets import load_folder
+
+    root = Path(root)
+    if not root.is_dir():
+        raise CommandError(f"{option} {str(root)!r} is not a folder; check the path.")
+    scan = _scan(root)
+    if scan.images:
+        return Collected([str(p) for p in scan.images], None, None, root, scan.skipped)
+    names = [p.name for p in _subfolders(root)]
+    if split is not None and split in names and normal not in names:
+        return _collect(root / split, option=option, normal=normal)
+    subfolders = _subfolders(root)
+    skipped = [(p, why) for p, why in scan.skipped if why != "folder"]
+    skipped += [item for sub in subfolders for item in _scan(sub).skipped]
+    if normal in names:
+        data = load_folder(root, normal=normal)
+        return Collected(list(data.images), data.target, data.defect_type, root, skipped)
+    files = [str(f) for sub in subfolders for f in _scan(sub).images]
+    if not files:
+        found = f"; skipped {_describe_skipped(skipped)}" if skipped else ""
+        raise CommandError(
+            f"{option} {str(root)!r} contains no images ({', '.join(IMAGE_EXTENSIONS)}) "
+            f"directly or in its subfolders{found}; point it at a folder of images."
+        )
+    return Collected(files, None, None, root, skipped)
 
 
 def _subfolders(folder):
@@ -217,55 +294,53 @@ def _subfolders(folder):
     return list_subdirs(folder)
 
 
-def _collect(root, *, option, normal="good", split=None):
-    """Images of a folder: ``(paths, target or None, defect_type or None, root used)``.
-
-    A folder with images directly inside is plain (no labels); otherwise an
-    MVTec-style category folder is entered at ``split``, and a tree with a
-    ``normal`` folder is read by :func:`skad.datasets.load_folder`; any other
-    tree contributes the images of all its subfolders, unlabelled.
-    """
-    from ._io import IMAGE_EXTENSIONS
-    from .datasets import load_folder
-
-    root = Path(root)
-    if not root.is_dir():
-        raise CommandError(f"{option} {str(root)!r} is not a folder; check the path.")
-    files = _image_files(root)
-    if files:
-        return files, None, None, root
-    names = [p.name for p in _subfolders(root)]
-    if split is not None and split in names and normal not in names:
-        return _collect(root / split, option=option, normal=normal)
-    if normal in names:
-        data = load_folder(root, normal=normal)
-        return list(data.images), data.target, data.defect_type, root
-    files = [f for sub in _subfolders(root) for f in _image_files(sub)]
-    if not files:
-        raise CommandError(
-            f"{option} {str(root)!r} contains no images ({', '.join(IMAGE_EXTENSIONS)}) "
-            "directly or in its subfolders; point it at a folder of images."
-        )
-    return files, None, None, root
+def _describe_skipped(skipped):
+    """``"3 skipped: 2 .gif, 1 hidden"``."""
+    counts = Counter(why for _, why in skipped)
+    parts = ", ".join(f"{n} {why}" for why, n in sorted(counts.items(), key=lambda c: -c[1]))
+    return f"{len(skipped)} skipped: {parts}"
 
 
-def _check_readable(paths, option):
-    """Fail before any work if an image cannot be opened."""
-    from PIL import Image
+def _report_read(n_read, skipped, verbose):
+    """The summary line of the images read, and with ``--verbose`` the skipped entries."""
+    line = f"{n_read} images read"
+    if skipped:
+        line += ", " + _describe_skipped(skipped)
+        if not verbose:
+            line += " (--verbose lists them)"
+    print(line, flush=True)
+    if verbose:
+        for path, why in skipped:
+            print(f"  skipped {path} ({why})")
+
+
+def _decode_all(paths, option):
+    """Decode every image before any work; a bad file is named, with what is wrong with it."""
+    from ._io import read_image
 
     bad = []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                image.verify()
-        except Exception as exc:  # PIL raises many kinds
-            bad.append(f"{path} ({type(exc).__name__}: {exc})")
+            read_image(path)
+        except ValueError as exc:  # ImageFileError, MissingImageError
+            bad.append(str(exc))
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise CommandError(
             f"{len(bad)} file(s) in {option} cannot be read as images: "
             + "; ".join(bad[:5]) + more + ". Remove or replace them."
         )
+
+
+def _output_file(option, value, example):
+    """``value`` as a file to write; a folder is a user error, its parent is created later."""
+    path = Path(value)
+    if path.is_dir():
+        raise CommandError(
+            f"{option} {str(path)!r} is a folder; pass a file name, e.g. "
+            f"{str(path / example)!r}."
+        )
+    return path
 
 
 # --------------------------------------------------------------------------- detectors
@@ -323,13 +398,16 @@ def _cmd_fit(args):
 
     from .persistence import save
 
-    paths, target, defect, root = _collect(args.data, option="--data", normal=args.normal,
-                                           split="train")
-    y = np.ones(len(paths), dtype=int) if target is None else np.asarray(target, dtype=int)
-    sources = sorted(set(defect[target == -1])) if target is not None else []
+    out = _output_file("--out", args.out, "model.skad")
+    data = _collect(args.data, option="--data", normal=args.normal, split="train")
+    paths, skipped = list(data.paths), list(data.skipped)
+    y = (np.ones(len(paths), dtype=int) if data.target is None
+         else np.asarray(data.target, dtype=int))
+    sources = sorted(set(data.defect[y == -1])) if data.target is not None else []
     if args.labeled:
-        extra, _, _, _ = _collect(args.labeled, option="--labeled", normal=args.normal)
-        paths, y = paths + extra, np.concatenate([y, -np.ones(len(extra), dtype=int)])
+        extra = _collect(args.labeled, option="--labeled", normal=args.normal)
+        paths, y = paths + extra.paths, np.concatenate([y, -np.ones(len(extra.paths), int)])
+        skipped += extra.skipped
         sources.append(str(args.labeled))
     n_anomalies = int((y == -1).sum())
     if n_anomalies * 2 > len(y):
@@ -338,18 +416,19 @@ def _cmd_fit(args):
             "mostly normal (unlabelled) images and a few labelled anomalies. Check --data "
             f"(normal images belong in {args.normal!r}/) and --labeled."
         )
-    _check_readable(paths, "--data/--labeled")
-    Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
     det = make_detector(args.detector, args, verbose=1)
+    _decode_all(paths, "--data/--labeled")
+    _report_read(len(paths), skipped, args.verbose)
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)
     verb = "Training" if "max_epochs" in det.get_params() else "Fitting"
-    print(f"{verb} {type(det).__name__} on {len(paths)} images from {root} "
+    print(f"{verb} {type(det).__name__} on {len(paths)} images from {data.root} "
           f"({len(paths) - n_anomalies} unlabelled, {n_anomalies} labelled anomalies"
           + (f" from {', '.join(sources)}" if sources else "") + ")", flush=True)
     start = time.perf_counter()
     det.fit(paths, y)
     seconds = time.perf_counter() - start
-    save(det, args.out, metadata={"data": str(root), "n_images": len(paths),
-                                  "n_labeled": n_anomalies, "fit_seconds": round(seconds, 1)})
+    save(det, out, metadata={"data": str(data.root), "n_images": len(paths),
+                             "n_labeled": n_anomalies, "fit_seconds": round(seconds, 1)})
     print(f"{'Trained' if verb == 'Training' else 'Fitted'} in {seconds:.0f}s; "
           f"saved to {args.out}")
     return 0
@@ -373,16 +452,21 @@ def _cmd_score(args):
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1; got {args.batch_size}.")
+    out = _output_file("--out", args.out, "scores.csv")
+    if args.maps and Path(args.maps).exists() and not Path(args.maps).is_dir():
+        raise CommandError(
+            f"--maps {args.maps!r} is a file; pass a folder (it is created if missing).")
     det = load(args.model, trusted=args.trusted)
     for method in ("score_samples", "predict"):
         if not hasattr(det, method):
             raise CommandError(f"{args.model!r} holds a {type(det).__name__}, not a detector.")
-    paths, target, defect, root = _collect(args.data, option="--data", normal=args.normal,
-                                           split="test")
-    _check_readable(paths, "--data")
     writer = MapWriter(args.maps) if args.maps else None
     if writer is not None and not hasattr(det, "localize"):
         raise CommandError(f"{type(det).__name__} has no localize method; drop --maps.")
+    data = _collect(args.data, option="--data", normal=args.normal, split="test")
+    paths, target, root = data.paths, data.target, data.root
+    _decode_all(paths, "--data")
+    _report_read(len(paths), data.skipped, args.verbose)
     offset = getattr(det, "offset_", None)
     scores, predictions = [], []
     for _, batch in _batches(paths, args.batch_size, "scoring"):
@@ -396,9 +480,9 @@ def _cmd_score(args):
     columns = {"path": paths, "anomaly_score": -normality,
                "prediction": np.concatenate(predictions)}
     if target is not None:
-        columns.update(label=target, defect_type=defect)
-    Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
-    write_scores_csv(args.out, columns)
+        columns.update(label=target, defect_type=data.defect)
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)
+    write_scores_csv(out, columns)
     n_flagged = int((columns["prediction"] == -1).sum())
     print(f"Scored {len(paths)} images ({n_flagged} predicted anomalous); wrote {args.out}"
           + (f" and {writer.written} maps to {args.maps}" if writer is not None else ""))

@@ -1,28 +1,37 @@
-"""Save fitted detectors to a file and load them back, on CPU or GPU.
+"""Save fitted detectors to a file and load them back, on CPU or GPU, without pickle.
 
 A skad model file is one line of magic (``skad-model <format>``), one line of
 JSON metadata (the class, the versions of skad, torch, scikit-learn, skorch,
-numpy and Python that wrote it, the device it was fitted on, the size and
-SHA-256 of the payload) and the payload: the estimator pickled with protocol 5.
-:func:`read_header` reads the metadata without unpickling anything.
+numpy and Python that wrote it, the devices it was fitted on, the size and
+SHA-256 of the payload, and what, if anything, it holds as pickle) and the
+payload: a ZIP archive of typed data (see :mod:`skad._model_state`).
+:func:`read_header` reads the metadata alone.
 
-Loading a pickle runs code chosen by whoever wrote the file. :func:`load`
-therefore reads and checks the metadata *before* it unpickles the payload
-and, unless ``trusted=True``, refuses files it cannot vouch for:
+The payload is data, not code: parameters and fitted attributes as JSON and
+``.npy`` arrays (read with ``allow_pickle=False``), tensors in
+``safetensors``, and a detector's torch module or skorch net rebuilt on
+loading by the detector's own build hooks, then filled with the saved
+tensors, optimiser state and training history. Loading such a file runs no
+code chosen by its writer: classes are looked up in skad, scikit-learn,
+skorch and ``torch.optim`` only (estimators, callbacks, optimisers and
+schedulers). The few objects that no typed form expresses (a custom
+``nn.Module`` given as ``backbone``, a user-defined callback or pipeline
+step) are kept as pickle; :func:`save` warns about them, the header lists
+them, and :func:`load` refuses them unless ``trusted=True``.
+
+:func:`load` also refuses, unless ``trusted=True``:
 
 - files not written by :func:`save` (plain pickle or joblib files, or
-  anything else);
+  anything else), and files of the first skad format, whose payload was a
+  pickle (load them once with ``trusted=True`` and save them again);
 - files whose payload does not match the recorded size and SHA-256
   (truncated, corrupted or edited);
 - files written by an incompatible skad version (another ``major.minor``).
 
-These checks guard against loading the wrong file by accident; they are not a
-sandbox: a file crafted to pass them can still run arbitrary code. Only load
-files from sources you trust. Version drift that usually works (another
-skad patch release, another torch, scikit-learn or skorch version) gives a
-:class:`ModelVersionWarning`.
+Version drift that usually works (another skad patch release, another torch,
+scikit-learn or skorch version) gives a :class:`ModelVersionWarning`.
 
-A model fitted on a GPU loads on a machine without CUDA: tensors are mapped to
+A model fitted on a GPU loads on a machine without CUDA: tensors are put on
 the CPU, the detectors' fitted device (``device_``, ``net_.device``) becomes
 ``"cpu"``, and the random generators used for training are re-created on the
 CPU from their seeds.
@@ -33,11 +42,12 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import platform
 import re
 import types
 import warnings
+
+from ._portable import CPUUnpickler, PortableGenerator, device_available, restore_generator
 
 __all__ = [
     "FORMAT_VERSION",
@@ -48,12 +58,11 @@ __all__ = [
     "save",
 ]
 
-#: Version of the file layout written by :func:`save`.
-FORMAT_VERSION = 1
+#: Version of the file layout written by :func:`save` (1: a pickled payload, skad <= 0.x).
+FORMAT_VERSION = 2
 
 _MAGIC = b"skad-model"
-_MAX_HEADER_BYTES = 1 << 16
-_PICKLE_PROTOCOL = 5
+_MAX_HEADER_BYTES = 1 << 20
 
 
 class ModelFileError(ValueError):
@@ -137,69 +146,11 @@ def _is_foreign(value):
     return module.startswith(("pandas", "numpy", "scipy"))
 
 
-class _PortableGenerator:
-    """Pickles a device-bound ``torch.Generator`` so that it loads without that device."""
-
-    def __init__(self, generator):
-        self.device = str(generator.device)
-        self.seed = int(generator.initial_seed())
-        self.state = bytes(generator.get_state().numpy().tobytes())
-
-    def __reduce__(self):
-        return _restore_generator, (self.device, self.seed, self.state)
-
-
-def _restore_generator(device, seed, state):
-    """Re-create a pickled generator; on the CPU, from its seed, if ``device`` is missing."""
-    import torch
-
-    if _device_available(device):
-        generator = torch.Generator(device=device)
-        generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
-        return generator
-    return torch.Generator().manual_seed(seed)
-
-
-def _device_available(device):
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cpu":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
-    accelerator = getattr(torch, "accelerator", None)
-    return bool(accelerator is not None and accelerator.is_available()
-                and accelerator.current_accelerator().type == device.type)
-
-
-class _portable_generators:
-    """Context manager: device generators in ``obj`` pickle as :class:`_PortableGenerator`.
-
-    skorch pickles the net's modules and criterion with a plain pickler of its
-    own, so the generators are swapped in place for the duration of the dump
-    (and always restored), rather than through a hook of our pickler.
-    """
-
-    def __init__(self, obj):
-        self.obj = obj
-        self.swapped = []
-
-    def __enter__(self):
-        import torch
-
-        for container, key, value in _walk(self.obj):
-            if (container is not None and isinstance(value, torch.Generator)
-                    and value.device.type != "cpu"):
-                self.swapped.append((container, key, value))
-        for container, key, value in self.swapped:
-            container[key] = _PortableGenerator(value)
-        return self
-
-    def __exit__(self, *exc):
-        for container, key, value in reversed(self.swapped):
-            container[key] = value
-        return False
+# old model files (format 1) pickled generators as calls of skad.persistence._restore_generator
+_PortableGenerator = PortableGenerator
+_restore_generator = restore_generator
+_Unpickler = CPUUnpickler
+_device_available = device_available
 
 
 def _fitted_devices(obj):
@@ -212,23 +163,6 @@ def _fitted_devices(obj):
     return list(unique.values())
 
 
-class _Unpickler(pickle.Unpickler):
-    """Maps tensors to the CPU where their device is missing."""
-
-    def find_class(self, module, name):
-        if (module, name) == ("torch.storage", "_load_from_bytes"):
-            return _load_storage
-        return super().find_class(module, name)
-
-
-def _load_storage(data):
-    import torch
-
-    # torch's own _load_from_bytes keeps the saved device, which fails without CUDA
-    location = None if torch.cuda.is_available() else "cpu"
-    return torch.load(io.BytesIO(data), map_location=location, weights_only=True)
-
-
 # ------------------------------------------------------------------------- save
 
 
@@ -236,9 +170,14 @@ def save(detector, path, *, metadata=None):
     """Save a fitted (or unfitted) estimator to ``path``.
 
     Writes a skad model file: a metadata header (class, versions of skad,
-    torch, scikit-learn, skorch, numpy and Python, fitted device, payload
-    checksum, ``metadata``) followed by the pickled estimator. Read it back
-    with :func:`load`; read only the header with :func:`read_header`.
+    torch, scikit-learn, skorch, numpy and Python, fitted devices, payload
+    checksum, ``metadata``) followed by the estimator as typed data (JSON,
+    ``.npy`` arrays and ``safetensors`` tensors, no pickle). Read it back with
+    :func:`load`; read only the header with :func:`read_header`.
+
+    Values that have no typed form (a custom ``nn.Module`` as ``backbone``,
+    a user-defined callback or pipeline step) are stored as pickle, with a
+    warning: such a file loads only with ``load(..., trusted=True)``.
 
     Parameters
     ----------
@@ -250,12 +189,21 @@ def save(detector, path, *, metadata=None):
         (``.skad`` is a good choice).
     metadata : dict or None, default=None
         JSON-serialisable information to keep in the header (for example the
-        training data's location).
+        training data's location); at most about 1 MB of JSON.
 
     Returns
     -------
     path : str
         The path written.
+
+    Raises
+    ------
+    TypeError
+        If ``detector`` is not an estimator or ``metadata`` not JSON-serialisable.
+    ValueError
+        If ``metadata`` is too large for the header, or ``path`` is a folder.
+    FileNotFoundError
+        If the folder of ``path`` does not exist.
 
     See Also
     --------
@@ -272,6 +220,8 @@ def save(detector, path, *, metadata=None):
     """
     from sklearn.base import BaseEstimator
 
+    from ._model_state import dump_state
+
     if not isinstance(detector, BaseEstimator):
         raise TypeError(
             f"save expects a scikit-learn estimator such as a skad detector; got "
@@ -283,10 +233,28 @@ def save(detector, path, *, metadata=None):
         raise FileNotFoundError(
             f"cannot save to {path!r}: folder {folder!r} does not exist; create it first."
         )
+    if os.path.isdir(path):
+        raise ValueError(f"cannot save to {path!r}: it is a folder; pass a file name.")
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict or None; got {type(metadata).__name__}.")
-    with _portable_generators(detector):
-        payload = pickle.dumps(detector, protocol=_PICKLE_PROTOCOL)
+    try:
+        metadata_line = json.dumps(metadata or {}, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
+    if len(metadata_line) > _MAX_HEADER_BYTES - 4096:
+        raise ValueError(
+            f"metadata is {len(metadata_line)} bytes of JSON; a model file's header holds at "
+            f"most {(_MAX_HEADER_BYTES - 4096) // 1000} kB of it. Keep large data in a file "
+            "beside the model and put its path in metadata."
+        )
+    payload, pickled = dump_state(detector)
+    if pickled:
+        warnings.warn(
+            "these values have no typed form and are stored as pickle: "
+            + "; ".join(pickled) + ". The file will load only with load(..., trusted=True) "
+            "(skad score --trusted), since unpickling runs code from the file.",
+            UserWarning, stacklevel=2,
+        )
     devices = sorted({str(d.device_) for d in _fitted_devices(detector)})
     header = {
         "format": FORMAT_VERSION,
@@ -296,13 +264,10 @@ def save(detector, path, *, metadata=None):
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "payload_bytes": len(payload),
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "pickled": pickled,
         "metadata": metadata or {},
     }
-    try:
-        header_line = json.dumps(header, sort_keys=True).encode("utf-8")
-    except TypeError as exc:
-        raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
-    _write_file(path, header_line, payload)
+    _write_file(path, json.dumps(header, sort_keys=True).encode("utf-8"), payload)
     return path
 
 
@@ -325,6 +290,8 @@ def _write_file(path, header_line, payload):
 def _read(path):
     """``(header, payload offset)``; header is None for a file without skad's magic line."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path!r} is a folder, not a model file; check the path.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file {path!r} does not exist; check the path.")
     with open(path, "rb") as handle:
@@ -340,8 +307,10 @@ def _read(path):
                 f"{path!r} uses skad model format {file_format}, newer than this skad "
                 f"understands ({FORMAT_VERSION}); upgrade skad (pip install -U skad)."
             )
-        line = handle.readline(_MAX_HEADER_BYTES)
+        line = handle.readline(_MAX_HEADER_BYTES + 1)
         try:
+            if len(line) > _MAX_HEADER_BYTES or not line.endswith(b"\n"):
+                raise ValueError
             header = json.loads(line.decode("utf-8"))
             if not isinstance(header, dict):
                 raise ValueError
@@ -349,11 +318,12 @@ def _read(path):
             raise ModelFileError(
                 f"{path!r} has a damaged skad metadata header; the file is corrupted."
             ) from None
+        header["format"] = file_format
         return header, handle.tell()
 
 
 def read_header(path):
-    """Read a skad model file's metadata without unpickling anything.
+    """Read a skad model file's metadata without reading its payload.
 
     Parameters
     ----------
@@ -365,7 +335,9 @@ def read_header(path):
     header : dict
         ``format``, ``class``, ``versions`` (skad, torch, sklearn, skorch,
         numpy, python), ``devices`` (where the detectors were fitted),
-        ``created``, ``payload_bytes``, ``payload_sha256`` and ``metadata``.
+        ``created``, ``payload_bytes``, ``payload_sha256``, ``pickled`` (the
+        values stored as pickle, which need ``trusted=True``; format 2) and
+        ``metadata``.
 
     Raises
     ------
@@ -408,18 +380,20 @@ def _check_versions(header, path, trusted):
 def load(path, *, trusted=False):
     """Load an estimator saved by :func:`save`.
 
-    Loading unpickles the file, which runs code chosen by whoever wrote it:
-    only load files from sources you trust. With ``trusted=False`` the file
-    is checked before anything is unpickled and refused (:class:`ModelFileError`)
-    if it was not written by :func:`save`, if its payload does not match the
-    recorded checksum, or if it was written by an incompatible skad version
-    (another ``major.minor``). Other version drift (skad patch releases,
-    torch, scikit-learn, skorch) gives a :class:`ModelVersionWarning`. These
-    checks catch wrong or damaged files, not a malicious file made to pass
-    them.
+    The estimator is rebuilt from typed data: skad calls the constructors of
+    its own (and scikit-learn's, skorch's) classes with the saved parameters,
+    rebuilds each detector's torch modules with the detector's build hooks
+    and fills them with the saved tensors. No code from the file runs. With
+    ``trusted=False`` the file is checked first and refused
+    (:class:`ModelFileError`) if it was not written by :func:`save`, if it
+    was written in skad's first format (a pickle), if its payload does not
+    match the recorded checksum, if it was written by an incompatible skad
+    version (another ``major.minor``), or if it holds values stored as
+    pickle. Other version drift (skad patch releases, torch, scikit-learn,
+    skorch) gives a :class:`ModelVersionWarning`.
 
-    A model fitted on a GPU loads on a machine without CUDA: it is mapped to
-    the CPU (``device_ == "cpu"``) with a warning; pass ``device="cpu"`` to
+    A model fitted on a GPU loads on a machine without CUDA: it is put on the
+    CPU (``device_ == "cpu"``) with a warning; pass ``device="cpu"`` to
     ``set_params`` before refitting it there.
 
     Parameters
@@ -427,9 +401,11 @@ def load(path, *, trusted=False):
     path : str or path-like
         A file written by :func:`save`.
     trusted : bool, default=False
-        Skip the refusals: load files from other skad versions or with a
-        checksum mismatch (with a warning), and files without skad's header
-        (plain pickle or joblib files, read with :func:`joblib.load`).
+        Skip the refusals, for files from a source you trust: unpickle the
+        values stored as pickle, load first-format files (pickles) and files
+        without skad's header (plain pickle or joblib files, read with
+        :func:`joblib.load`), and load files from other skad versions or with a
+        checksum mismatch (with a warning). Unpickling runs code from the file.
 
     Returns
     -------
@@ -461,12 +437,28 @@ def load(path, *, trusted=False):
         import joblib
 
         return joblib.load(path)
+    if header["format"] < 2 and not trusted:
+        raise ModelFileError(
+            f"{path!r} was written in skad's first model format, whose payload is a pickle: "
+            "loading it runs code from the file. If you trust its source, load it with "
+            "trusted=True (--trusted) and save it again, which writes the current format."
+        )
+    pickled = header.get("pickled") or []
+    if pickled and not trusted:
+        raise ModelFileError(
+            f"{path!r} holds values stored as pickle ({'; '.join(map(str, pickled))}); "
+            "loading them runs code from the file. If you trust its source, pass "
+            "trusted=True (--trusted)."
+        )
     with open(path, "rb") as handle:
         handle.seek(offset)
         payload = handle.read()
     _check_payload(header, payload, path, trusted)
     _check_versions(header, path, trusted)
-    estimator = _unpickle(payload)
+    if header["format"] < 2:
+        estimator = _unpickle(payload)
+    else:
+        estimator = _load_typed(payload, header, path, trusted)
     expected = header.get("class")
     actual = f"{type(estimator).__module__}.{type(estimator).__qualname__}"
     if expected != actual and not trusted:
@@ -492,7 +484,42 @@ def _check_payload(header, payload, path, trusted):
     warnings.warn(message + ".", ModelVersionWarning, stacklevel=3)
 
 
+def _device_map(header):
+    """Saved devices that this machine lacks -> ``"cpu"``."""
+    return {d: "cpu" for d in header.get("devices") or [] if not _device_available(str(d))}
+
+
+def _load_typed(payload, header, path, trusted):
+    from ._model_state import ModelStateError, UntrustedContent, load_state
+
+    moved = _device_map(header)
+    try:
+        estimator = load_state(payload, trusted=trusted, device_map=moved)
+    except UntrustedContent as exc:
+        raise ModelFileError(
+            f"{path!r} cannot be loaded without trusted=True: {exc}. If you trust its "
+            "source, pass trusted=True (--trusted)."
+        ) from None
+    except ModelStateError as exc:
+        raise ModelFileError(
+            f"{path!r} is damaged or was altered, or was written by an incompatible skad: "
+            f"{exc}. Save the model again."
+        ) from None
+    _warn_moved(moved)
+    return estimator
+
+
+def _warn_moved(moved):
+    if moved:
+        warnings.warn(
+            f"the model was fitted on {sorted(set(moved))} which is not available here; it was "
+            "loaded on the CPU. To refit it here, first call set_params(device='cpu').",
+            UserWarning, stacklevel=4,
+        )
+
+
 def _unpickle(payload):
+    """The estimator of a first-format file (a pickle; only ever called when trusted)."""
     import torch
     from skorch.exceptions import DeviceWarning
 
@@ -510,10 +537,5 @@ def _unpickle(payload):
                 net.device = "cpu"
         elif net is not None and isinstance(net.device, torch.device):
             net.device = str(net.device)
-    if moved:
-        warnings.warn(
-            f"the model was fitted on {sorted(set(moved))} which is not available here; it was "
-            "loaded on the CPU. To refit it here, first call set_params(device='cpu').",
-            UserWarning, stacklevel=3,
-        )
+    _warn_moved(moved)
     return estimator

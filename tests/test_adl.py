@@ -167,3 +167,29 @@ def test_learns_and_localises_defects(global_random_seed):
     # image 0.81, pixel 0.958) for a random-init tiny backbone
     assert image_auroc(t[test], -det.score_samples(X[test])) >= 0.75
     assert pixel_auroc(masks[test], det.localize(X[test])) >= 0.9
+
+
+def test_anomaly_source_arrays_are_textures_and_bad_sources_fail_before_any_work(
+        tmp_path, monkeypatch):
+    X, is_anomaly, _ = make_tiny_images(n_normal=12, n_anomalous=0, size=32, seed=3)
+    textures = np.random.RandomState(0).randint(0, 256, (3, 40, 40, 3)).astype(np.uint8)
+    det = AdaptiveDeviationDetector(**TINY, steps_per_epoch=2, random_state=0,
+                                    anomaly_source=textures).fit(X)
+    synthesizer = det.net_.batch_transform.synthesizer
+    assert synthesizer.sources.shape == (3, 3, 40, 40) and synthesizer.n_sources_ == 3
+
+    def no_work(self, data):
+        raise AssertionError("fit started working before checking anomaly_source")
+
+    monkeypatch.setattr(AdaptiveDeviationDetector, "_build_module", no_work)
+    (tmp_path / "empty").mkdir()
+    for source, match in [
+        (np.zeros((2, 8, 8, 4)), r"anomaly_source has shape \(2, 8, 8, 4\)"),
+        (np.full((2, 8, 8), 2.0), r"anomaly_source must lie in \[0, 1\]"),
+        (str(tmp_path / "missing"), "not a folder of texture images"),
+        (tmp_path / "empty", "not a folder of texture images"),
+        (["a.png", "b.png"], "put the textures in a folder"),
+        (torch.zeros(2, 5, 8, 8), "anomaly_source: A tensor 'sources' must have shape"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            AdaptiveDeviationDetector(**TINY, anomaly_source=source).fit(X)

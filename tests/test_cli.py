@@ -46,8 +46,13 @@ def model(tree, tmp_path_factory):
 
 
 def _error(capsys, argv):
-    assert cli.main(argv) == 1
-    return capsys.readouterr().err
+    """A user error: exit status 2 (argparse's), one ``skad <cmd>: error:`` line, no traceback."""
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.rpartition("\r")[2].startswith(f"skad {argv[0]}: error: ")  # after progress bars
+    assert "Traceback" not in err
+    return err
 
 
 def test_version_and_help(capsys):
@@ -153,10 +158,9 @@ def test_mvtec_style_category_uses_train_and_test(tmp_path, capsys, monkeypatch)
     cli.main(["fit", "--data", str(tmp_path / "bottle"), *ADL_TINY])
     assert len(seen["X"]) == 6 and all("/train/good/" in p for p in seen["X"])
     assert (seen["y"] == 1).all()
-    files, target, defect, root = cli._collect(tmp_path / "bottle", option="--data",
-                                               split="test")
-    assert root == tmp_path / "bottle" / "test"
-    assert len(files) == 4 and sorted(set(defect)) == ["broken", "good"]
+    data = cli._collect(tmp_path / "bottle", option="--data", split="test")
+    assert data.root == tmp_path / "bottle" / "test"
+    assert len(data.paths) == 4 and sorted(set(data.defect)) == ["broken", "good"]
 
 
 def test_error_for_missing_and_empty_folders(tmp_path, capsys):
@@ -214,6 +218,73 @@ def test_score_refuses_models_from_another_skad_version(model, tree, tmp_path, c
     not_a_model.write_bytes(b"\x80\x04K\x01.")
     err = _error(capsys, ["score", "--model", str(not_a_model), "--data", str(tree)])
     assert "not a skad model file" in err
+
+
+def test_error_for_out_folder_and_maps_file_before_any_work(model, tree, tmp_path, capsys):
+    (tmp_path / "dir").mkdir()
+    err = _error(capsys, ["fit", "--data", str(tree), "--out", str(tmp_path / "dir"),
+                          *ADL_TINY])
+    assert "--out" in err and "is a folder; pass a file name" in err
+    err = _error(capsys, ["score", "--model", str(model), "--data", str(tree),
+                          "--out", str(tmp_path / "dir")])
+    assert "--out" in err and "is a folder" in err
+    (tmp_path / "maps.png").write_bytes(b"")
+    err = _error(capsys, ["score", "--model", str(model), "--data", str(tree),
+                          "--out", str(tmp_path / "s.csv"), "--maps", str(tmp_path / "maps.png")])
+    assert "--maps" in err and "is a file; pass a folder" in err
+    assert not (tmp_path / "s.csv").exists()
+    err = _error(capsys, ["score", "--model", str(tmp_path / "dir"), "--data", str(tree)])
+    assert "is a folder, not a model file" in err
+
+
+def test_every_image_is_decoded_before_training(tmp_path, capsys):
+    from test_io import garbage_pixels_png
+
+    data = tmp_path / "data"
+    _write_images(data, make_tiny_images(6, 0)[0])
+    garbage_pixels_png(data / "garbage.png")  # checksums valid, pixel data not
+    out = tmp_path / "model.skad"
+    err = _error(capsys, ["fit", "--data", str(data), "--out", str(out), *ADL_TINY,
+                          "--steps", "1"])
+    assert "garbage.png" in err and "cannot be read as images" in err
+    assert not out.exists()
+
+
+def test_skipped_files_are_counted_and_listed_with_verbose(tree, tmp_path, capsys):
+    data = tmp_path / "data"
+    _write_images(data, make_tiny_images(6, 0)[0])
+    Image.fromarray(make_tiny_images(1, 0)[0][0]).save(data / "anim.gif")
+    (data / ".DS_Store").write_bytes(b"\0")
+    (data / "old").mkdir()
+    out = tmp_path / "m.skad"
+    frozen = ["--backbone", "test_efficientnet", "--no-pretrained", "--image-size", "32",
+              "--device", "cpu"]
+    assert cli.main(["fit", "--data", str(data), "--detector", "padim", "--out", str(out),
+                     "-p", "n_features=16", *frozen]) == 0
+    printed = capsys.readouterr().out
+    assert "6 images read, 3 skipped: " in printed and "(--verbose lists them)" in printed
+    assert all(f"1 {why}" in printed for why in (".gif", "hidden", "folder"))
+    assert cli.main(["score", "--model", str(out), "--data", str(data), "--verbose",
+                     "--out", str(tmp_path / "s.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "6 images read, 3 skipped" in printed
+    assert f"skipped {data / 'anim.gif'} (.gif)" in printed
+    assert f"skipped {data / '.DS_Store'} (hidden)" in printed
+    assert f"skipped {data / 'old'} (folder)" in printed
+
+
+def test_mixed_modes_and_bit_depths_fit_and_score(tmp_path, capsys):
+    from test_images import _write_mixed_folder
+
+    paths = _write_mixed_folder(tmp_path / "mixed")  # gray, RGB, RGBA, palette, 16-bit, float
+    out, scores = tmp_path / "m.skad", tmp_path / "s.csv"
+    assert cli.main(["fit", "--data", str(tmp_path / "mixed"), "--detector", "adl",
+                     "--out", str(out), *ADL_TINY]) == 0
+    assert cli.main(["score", "--model", str(out), "--data", str(tmp_path / "mixed"),
+                     "--out", str(scores)]) == 0
+    df = pd.read_csv(scores)
+    assert len(df) == len(paths) == 6 and np.isfinite(df.anomaly_score).all()
+    assert "6 images read" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- demo

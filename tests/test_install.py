@@ -121,7 +121,7 @@ def test_demo_without_the_data_package_is_a_one_line_error(monkeypatch, capsys, 
     from skad import cli
 
     monkeypatch.setitem(sys.modules, "elpv_dataset", None)
-    assert cli.main(["demo", "--out", str(tmp_path / "r")]) == 1
+    assert cli.main(["demo", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("skad demo: error: load_elpv needs") and 'skad[bench]' in err
 

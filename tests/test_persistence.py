@@ -13,6 +13,7 @@ import pytest
 import torch
 from _helpers import make_tiny_images
 from sklearn.pipeline import make_pipeline
+from test_common import DETECTORS as TINY_DETECTORS
 
 from skad import AdaptiveDeviationDetector, DeviationNetworkDetector, persistence
 from skad.persistence import ModelFileError, ModelVersionWarning, load, read_header, save
@@ -74,8 +75,9 @@ def test_header_records_class_versions_device_and_metadata(fitted, tmp_path):
     assert header["devices"] == ["cpu"]
     assert header["metadata"] == {"data": "parts/", "n": 3}
     magic, _, payload = open(path, "rb").read().split(b"\n", 2)
-    assert magic == b"skad-model 1"
+    assert magic == f"skad-model {persistence.FORMAT_VERSION}".encode() == b"skad-model 2"
     assert header["payload_bytes"] == len(payload)
+    assert header["pickled"] == []  # nothing in a detector's file needs pickle
 
 
 def test_pipeline_and_unfitted_estimators_round_trip(fitted, data, tmp_path):
@@ -151,11 +153,11 @@ def test_newer_format_and_damaged_header_are_refused_even_if_trusted(fitted, tmp
     path = save(fitted, tmp_path / "model.skad")
     content = open(path, "rb").read()
     newer = tmp_path / "newer.skad"
-    newer.write_bytes(content.replace(b"skad-model 1\n", b"skad-model 99\n", 1))
+    newer.write_bytes(content.replace(b"skad-model 2\n", b"skad-model 99\n", 1))
     with pytest.raises(ModelFileError, match="format 99.*upgrade skad"):
         load(newer, trusted=True)
     broken = tmp_path / "broken.skad"
-    broken.write_bytes(b"skad-model 1\n{not json\n" + content)
+    broken.write_bytes(b"skad-model 2\n{not json\n" + content)
     with pytest.raises(ModelFileError, match="damaged"):
         load(broken, trusted=True)
 
@@ -248,3 +250,208 @@ def test_real_gpu_model_loads_without_cuda(data, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------ files that load no code
+
+
+class ShellCommand:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = os.fspath(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _swap_payload(path, payload, *, format_line=None):
+    """Put ``payload`` behind the (valid, copied) header of ``path``, checksums recomputed."""
+    import hashlib
+
+    with open(path, "rb") as handle:
+        magic, header = handle.readline(), json.loads(handle.readline())
+    header.update(payload_bytes=len(payload), payload_sha256=hashlib.sha256(payload).hexdigest())
+    with open(path, "wb") as handle:
+        handle.write((format_line or magic) + json.dumps(header).encode() + b"\n" + payload)
+
+
+def _tiny(name, **kw):
+    """A tiny detector by class name, with the shared settings of test_common."""
+    return TINY_DETECTORS[name](**kw)
+
+
+def test_a_valid_header_on_a_pickle_payload_runs_no_code(fitted, tmp_path):
+    marker = tmp_path / "ran"
+    evil = pickle.dumps(ShellCommand(marker))
+    path = save(fitted, tmp_path / "evil.skad")
+    _swap_payload(path, evil)  # the header and its checksums are all valid
+    with pytest.raises(ModelFileError, match="damaged or was altered"):
+        load(path)
+    # the same payload behind a first-format header (whose payloads were pickles)
+    old = save(fitted, tmp_path / "old.skad")
+    _swap_payload(old, evil, format_line=b"skad-model 1\n")
+    with pytest.raises(ModelFileError, match="first model format.*trusted=True"):
+        load(old)
+    assert not marker.exists()
+
+
+def test_a_detector_carrying_a_malicious_attribute_is_refused(data, tmp_path):
+    X, y = data
+    marker = tmp_path / "ran"
+    det = _tiny("PatchCoreDetector").fit(X, y)
+    det.notes_ = ShellCommand(marker)
+    with pytest.warns(UserWarning, match=r"notes_ \(.*ShellCommand\).*trusted=True"):
+        path = save(det, tmp_path / "model.skad")
+    (pickled,) = read_header(path)["pickled"]
+    assert pickled.startswith("PatchCoreDetector.notes_ (") and "ShellCommand" in pickled
+    with pytest.raises(ModelFileError, match="notes_.*runs code.*trusted=True"):
+        load(path)
+    assert not marker.exists()
+    # the header's list edited away: the payload's pickle is still never opened
+    _rewrite_header(path, pickled=[])
+    with pytest.raises(ModelFileError, match="stored as pickle"):
+        load(path)
+    assert not marker.exists()
+    # trusting the file is what runs its code
+    load(path, trusted=True)
+    assert marker.exists()
+
+
+def test_classes_outside_the_allowlist_are_never_imported_or_called(fitted, tmp_path):
+    import hashlib
+    import io
+    import zipfile
+
+    path = save(fitted, tmp_path / "model.skad")
+    with open(path, "rb") as handle:
+        handle.readline(), handle.readline()
+        payload = handle.read()
+    archive = zipfile.ZipFile(io.BytesIO(payload))
+    tree = json.loads(archive.read("model.json"))
+    for key, node in (
+            ("evil_", {"$estimator": "os:system", "params": {"$dict": []},
+                       "state": {"$dict": []}}),
+            ("evil_", {"$ref": "subprocess:Popen"}),
+            ("evil_", {"$object": "builtins:eval", "state": {}}),
+            ("evil_", {"$estimator": "skad.persistence:save", "params": {"$dict": []},
+                       "state": {"$dict": []}}),
+            ("score_samples", {"$ref": "builtins:print"})):  # a method replaced
+        tree["root"]["state"]["$dict"].append([key, node])
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as out:
+            for info in archive.infolist():
+                data_ = (json.dumps(tree).encode() if info.filename == "model.json"
+                         else archive.read(info.filename))
+                out.writestr(info.filename, data_)
+        _swap_payload(path, buffer.getvalue())
+        with pytest.raises(ModelFileError,
+                           match="does not load|not an estimator|not a class|never saves"):
+            load(path)
+        tree["root"]["state"]["$dict"].pop()
+    assert hashlib.sha256(payload).hexdigest()  # the original payload was left untouched
+
+
+def test_the_payload_holds_typed_data_only(fitted, tmp_path):
+    import io
+    import zipfile
+
+    from safetensors.torch import load as load_tensors
+
+    path = save(fitted, tmp_path / "model.skad")
+    with open(path, "rb") as handle:
+        handle.readline(), handle.readline()
+        archive = zipfile.ZipFile(io.BytesIO(handle.read()))
+    names = archive.namelist()
+    assert names[:2] == ["model.json", "tensors.safetensors"]
+    assert all(n.startswith("arrays/") and n.endswith(".npy") for n in names[2:])
+    for name in names[2:]:
+        np.load(io.BytesIO(archive.read(name)), allow_pickle=False)
+    tensors = load_tensors(archive.read("tensors.safetensors"))
+    weights = dict(fitted.net_.module_.named_parameters())
+    assert sum(t.numel() for t in tensors.values()) >= sum(w.numel() for w in weights.values())
+
+
+@pytest.mark.parametrize("name", sorted(TINY_DETECTORS))  # every registered detector
+def test_every_detector_round_trips_bit_for_bit(name, data, tmp_path):
+    X, y = data
+    det = _tiny(name, contamination=0.1).fit(X, y)
+    loaded = load(save(det, tmp_path / "m.skad"))
+    assert type(loaded) is type(det) and loaded.get_params() == det.get_params()
+    assert loaded.offset_ == det.offset_
+    np.testing.assert_array_equal(loaded.score_samples(X), det.score_samples(X))
+    np.testing.assert_array_equal(loaded.localize(X[:2]), det.localize(X[:2]))
+    for key, value in vars(det).items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(getattr(loaded, key), value)
+    if hasattr(det, "net_"):
+        assert loaded.history_.to_list() == det.history_.to_list()
+        assert str(loaded.net_.optimizer_.state_dict()) == str(det.net_.optimizer_.state_dict())
+
+
+def test_tabular_devnet_pipeline_and_callbacks_round_trip(tmp_path):
+    from skorch.callbacks import EarlyStopping, LRScheduler
+    from torch.optim.lr_scheduler import StepLR
+
+    from skad.preprocessing import ContaminationInjector
+
+    rng = np.random.RandomState(0)
+    X, anomalies = rng.normal(size=(40, 5)), rng.normal(5, 1, size=(6, 5))
+    det = DeviationNetworkDetector(max_epochs=2, random_state=0, callbacks=[
+        EarlyStopping(monitor="train_loss", patience=3),
+        ("lr", LRScheduler(policy=StepLR, step_size=1))])
+    pipe = make_pipeline(ContaminationInjector(anomalies, contamination=0.1, random_state=0),
+                         det).fit(X, np.ones(len(X), dtype=int))
+    loaded = load(save(pipe, tmp_path / "pipe.skad"))
+    np.testing.assert_array_equal(loaded.score_samples(X), pipe.score_samples(X))
+    callbacks = loaded[-1].callbacks
+    assert type(callbacks[0]) is EarlyStopping and callbacks[0].patience == 3
+    assert callbacks[1][1].policy is StepLR and callbacks[1][1].step_size == 1
+    assert loaded[-1].n_features_in_ == 5
+    np.testing.assert_array_equal(loaded[0].anomalies, anomalies)
+
+
+def test_a_custom_backbone_module_needs_trust(data, tmp_path):
+    from skad.nn.backbones import create_feature_extractor
+
+    X, y = data
+    body = create_feature_extractor("test_efficientnet", pretrained=False).body
+    det = _tiny("PaDiMDetector", backbone=body, out_indices=(0, 1)).fit(X, y)
+    with pytest.warns(UserWarning, match="backbone"):
+        path = save(det, tmp_path / "custom.skad")
+    with pytest.raises(ModelFileError, match="backbone.*trusted=True"):
+        load(path)
+    loaded = load(path, trusted=True)
+    np.testing.assert_array_equal(loaded.score_samples(X), det.score_samples(X))
+
+
+def test_first_format_files_get_a_clear_message_and_load_when_trusted(fitted, data, tmp_path):
+    import hashlib
+
+    X, _ = data
+    payload = pickle.dumps(fitted, protocol=5)
+    header = {"format": 1, "class": "skad.detectors._adl.AdaptiveDeviationDetector",
+              "versions": persistence._versions(), "devices": ["cpu"], "metadata": {},
+              "payload_bytes": len(payload),
+              "payload_sha256": hashlib.sha256(payload).hexdigest()}
+    path = tmp_path / "old.skad"
+    path.write_bytes(b"skad-model 1\n" + json.dumps(header).encode() + b"\n" + payload)
+    with pytest.raises(ModelFileError, match="first model format.*save it again"):
+        load(path)
+    loaded = load(path, trusted=True)
+    np.testing.assert_array_equal(loaded.score_samples(X), fitted.score_samples(X))
+    converted = load(save(loaded, tmp_path / "new.skad"))
+    np.testing.assert_array_equal(converted.score_samples(X), fitted.score_samples(X))
+
+
+def test_large_metadata_round_trips_and_too_large_is_refused_at_save(fitted, tmp_path):
+    big = {"notes": "x" * 70_000}
+    path = save(fitted, tmp_path / "big.skad", metadata=big)
+    assert read_header(path)["metadata"] == big
+    assert load(path).offset_ == fitted.offset_
+    with pytest.raises(ValueError, match="metadata is .* bytes.*beside the model"):
+        save(fitted, tmp_path / "huge.skad", metadata={"notes": "x" * 2_000_000})
+    with pytest.raises(ValueError, match="is a folder"):
+        save(fitted, tmp_path)
+    with pytest.raises(ModelFileError, match="is a folder"):
+        load(tmp_path)

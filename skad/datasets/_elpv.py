@@ -4,9 +4,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from sklearn.utils import Bunch
 
+from .._io import read_image, to_uint8
 from .._optional import import_optional
 
 _ELPV_DESCR = """\
@@ -156,8 +156,7 @@ def load_elpv(*, return_arrays=True):
 def _read_images(filenames):
     images = None
     for i, path in enumerate(filenames):
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("L"), dtype=np.uint8)
+        array = to_uint8(read_image(path, mode="L"))
         if images is None:
             images = np.empty((len(filenames), *array.shape), dtype=np.uint8)
         images[i] = array

@@ -11,27 +11,24 @@ from numbers import Integral
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from sklearn.utils import Bunch
 
-from .._io import IMAGE_EXTENSIONS
-
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-
+from .._io import (
+    IMAGE_EXTENSIONS,
+    image_channels,
+    image_size,
+    read_image,
+    resize_image,
+    scan_images,
+    to_uint8,
+)
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _is_image_file(path):
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def list_images(directory):
-    """Image files of ``directory`` (not recursive), sorted by file name."""
-    return sorted(
-        (p for p in Path(directory).iterdir() if _is_image_file(p) and not p.name.startswith(".")),
-        key=lambda p: p.name,
-    )
+    """Image files of ``directory`` (not recursive, hidden files left out), sorted by name."""
+    return scan_images(directory).images
 
 
 def list_subdirs(directory):
@@ -78,40 +75,29 @@ def _check_image_size(image_size):
     return int(height), int(width)
 
 
-def _read_image(path, size=None, *, mode=None):
-    """Read one image as a uint8 array, ``(H, W)`` for gray or ``(H, W, 3)`` for colour."""
-    with Image.open(path) as image:
-        if mode is None:
-            mode = "L" if image.mode in _GRAY_MODES else "RGB"
-        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-            # Rescale high bit-depth images into 0..255 rather than clipping them.
-            array = np.asarray(image, dtype=np.float64)
-            high = array.max()
-            array = array / high * 255.0 if high > 255 else array
-            image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8))
-        image = image.convert(mode)
-        if size is not None and image.size != (size[1], size[0]):
-            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
+def _read_image(path, size=None, *, mode="auto"):
+    """Read one image as uint8, ``(H, W)`` for gray or ``(H, W, 3)`` for colour.
+
+    Decoded by :func:`skad._io.read_image` (every bit depth by its range,
+    orientation applied), resized in float, then rounded to 8 bits.
+    """
+    return to_uint8(read_image(path, mode=mode, size=size))
 
 
 def _read_mask(path, size=None):
     """Read one mask as a boolean ``(H, W)`` array (any non-zero pixel is anomalous)."""
-    with Image.open(path) as mask:
-        mask = mask.convert("L")
-        if size is not None and mask.size != (size[1], size[0]):
-            mask = mask.resize((size[1], size[0]), Image.Resampling.NEAREST)
-        return np.asarray(mask) > 0
+    mask = (read_image(path, mode="L") > 0).astype(np.float32)
+    if size is not None:
+        mask = resize_image(mask, size, nearest=True)
+    return mask > 0
 
 
 def _image_mode(path):
-    with Image.open(path) as image:
-        return "L" if image.mode in _GRAY_MODES else "RGB"
+    return "L" if image_channels(path) == 1 else "RGB"
 
 
 def _image_hw(path):
-    with Image.open(path) as image:
-        return image.size[1], image.size[0]
+    return image_size(path)
 
 
 def _load_images(paths, image_size=None):
@@ -319,7 +305,8 @@ def load_mvtec(root, category, split="test", *, return_arrays=False, image_size=
     Notes
     -----
     Images are ordered by defect folder (``good`` first, the others
-    alphabetically) and then by file name.
+    alphabetically) and then by file name. Arrays are decoded as in
+    :func:`load_folder`.
 
     Examples
     --------
@@ -558,7 +545,11 @@ def load_folder(
 
     Notes
     -----
-    Supported extensions are png, jpg, jpeg, bmp, tif, tiff and webp (any case).
+    Supported extensions are png, jpg, jpeg, bmp, tif, tiff and webp (any case). With
+    ``return_arrays=True`` every file is decoded by skad's image reader, as the detectors
+    read paths: 16-bit, 12-bit and float TIFF images are mapped to 0-255 by the range of
+    their bit depth (not clipped, nor stretched by each image's maximum), palette and RGBA
+    images to RGB, and the EXIF orientation is applied (to masks too).
     Images are ordered by folder (the normal folder first, then the defect
     folders alphabetically) and then by file name. Hidden files and folders
     are ignored.

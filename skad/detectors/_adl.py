@@ -1,10 +1,14 @@
 """AdaptiveDeviationDetector: adaptive deviation learning under contamination (ADL)."""
 
+import os
 from numbers import Integral, Real
 
+import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from .._images import ImageInput
+from .._io import scan_images
 from .._net import PSEUDO, TrainingProgress
 from ..losses import ADLLoss
 from ..nn.adl import ADLModule
@@ -105,8 +109,11 @@ class AdaptiveDeviationDetector(TrainedDetector):
     pseudo_fraction : float in [0, 1], default=0.5
         Share of the anomaly half given to Perlin pseudo-anomalies when
         anomalies are labelled (all of it when none is).
-    anomaly_source : array-like, path or None, default=None
-        Textures for Perlin pseudo-anomalies (``None``: built-in textures).
+    anomaly_source : array-like, tensor, path or None, default=None
+        Textures for Perlin pseudo-anomalies: images ``(n, H, W)``,
+        ``(n, H, W, C)`` or ``(n, C, H, W)`` (uint8 or floats in [0, 1]), a
+        ``(n, C, h, w)`` tensor, a folder of image files, or ``None`` for the
+        built-in textures. Checked at the start of ``fit``.
     localization : {"segmentation", "saliency"}, default="segmentation"
         ``localize`` returns the segmentation head's anomaly probability, or
         input-gradient saliency of the deviation score.
@@ -249,8 +256,38 @@ class AdaptiveDeviationDetector(TrainedDetector):
             generator=generator,
         )
 
+    def _fit_model(self, data, target, *, masks, seed):
+        # before any work: a bad anomaly_source fails fit at once, not at the first batch
+        try:
+            PerlinAnomalySynthesizer(self._anomaly_sources())
+        except ValueError as exc:
+            raise ValueError(f"anomaly_source: {exc}") from None
+        return super()._fit_model(data, target, masks=masks, seed=seed)
+
+    def _anomaly_sources(self):
+        """``anomaly_source`` as the synthesiser takes it: None, a folder, or a tensor."""
+        source = self.anomaly_source
+        if source is None or isinstance(source, torch.Tensor):
+            return source
+        if isinstance(source, (str, os.PathLike)):
+            if not os.path.isdir(source) or not scan_images(source).images:
+                raise ValueError(
+                    f"The 'anomaly_source' parameter of {type(self).__name__} is "
+                    f"{os.fspath(source)!r}, which is not a folder of texture images; pass a "
+                    "folder that holds image files, textures as an array, or None for the "
+                    "built-in textures."
+                )
+            return source
+        textures = ImageInput(source, argname="anomaly_source")
+        if textures.array is None:
+            raise ValueError(
+                "anomaly_source is a list of image paths; put the textures in a folder and pass "
+                "its path, or pass the textures as an array (n, H, W[, C])."
+            )
+        return textures.load(np.arange(len(textures)), None).contiguous()
+
     def _build_batch_transform(self, generator):
-        synthesizer = PerlinAnomalySynthesizer(self.anomaly_source, rotate_prob=0.3)
+        synthesizer = PerlinAnomalySynthesizer(self._anomaly_sources(), rotate_prob=0.3)
         return PerlinPseudoAnomalies(synthesizer, generator)
 
     def _net_params(self):

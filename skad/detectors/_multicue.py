@@ -160,8 +160,10 @@ class MultiCueDetector(AdaptiveDeviationDetector):
         are labelled. ``"auto"`` gives the labelled anomalies the share of
         ``floor(0.2 * n_unlabelled)`` copies among ``n_unlabelled``
         pseudo-anomalies (about 1/6), at least one slot per batch.
-    anomaly_source : array-like, path or None, default=None
-        Textures for Perlin pseudo-anomalies (``None``: built-in textures).
+    anomaly_source : array-like, tensor, path or None, default=None
+        Textures for Perlin pseudo-anomalies: images ``(n, H, W)``,
+        ``(n, H, W, C)`` or ``(n, C, H, W)``, a ``(n, C, h, w)`` tensor, a
+        folder of image files, or ``None`` for the built-in textures.
     localization : {"saliency", "segmentation"}, default="saliency"
         ``localize`` returns the multi-cue gradient maps, or the segmentation
         head's anomaly probability.

@@ -154,12 +154,25 @@ class TrainedDetector(BaseDetector):
         :meth:`_net_params` and :meth:`_sampler_params`). Call it under
         :func:`~skad.detectors._common.seeded`.
         """
+        net = self._make_net(module, criterion=criterion, sampler_rng=sampler_rng,
+                             batch_transform=batch_transform, extra_modules=extra_modules,
+                             **{**self._sampler_params(target), **params})
+        net.fit(dataset, y=None)
+        return net
+
+    def _make_net(self, module, *, criterion, sampler_rng, batch_transform=None,
+                  extra_modules=None, **params):
+        """The untrained :class:`~skad._net.SkadNet` of :meth:`_train_net`.
+
+        Also how :mod:`skad.persistence` rebuilds a saved net before it loads
+        the saved weights into it.
+        """
         callbacks = self._default_callbacks() + copy.deepcopy(list(self.callbacks or []))
         if self.verbose:
             from skorch.callbacks import ProgressBar
 
             callbacks.append(("progress_bar", ProgressBar(batches_per_epoch="count")))
-        net = SkadNet(
+        return SkadNet(
             module,
             criterion=criterion,
             batch_transform=batch_transform,
@@ -176,10 +189,8 @@ class TrainedDetector(BaseDetector):
             device=self.device_,
             callbacks=callbacks,
             verbose=int(self.verbose),
-            **{**self._net_params(), **self._sampler_params(target), **params},
+            **{**self._net_params(), **params},
         )
-        net.fit(dataset, y=None)
-        return net
 
     @property
     def history_(self):

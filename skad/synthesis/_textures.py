@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from .._io import IMAGE_EXTENSIONS
+from .._io import IMAGE_EXTENSIONS, read_image, to_uint8
 
 __all__ = ["load_builtin_textures"]
 
@@ -134,18 +134,12 @@ def _check_size(size):
 
 def load_texture_folder(path):
     """Load every image file directly in folder ``path`` as (3, h, w) uint8 tensors."""
-    # Imported lazily: PIL is only needed for user folders.
-    import numpy as np
-    from PIL import Image
-
     folder = Path(os.fspath(path))
     if not folder.is_dir():
         raise FileNotFoundError(f"The anomaly-source folder {str(folder)!r} does not exist.")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    images = []
-    for file in files:
-        with Image.open(file) as image:
-            images.append(_to_rgb_uint8(np.asarray(image.convert("RGB"))))
+    # skad's one reader: 16-bit and float textures are rescaled, not clipped
+    images = [_to_rgb_uint8(to_uint8(read_image(file, mode="RGB"))) for file in files]
     if not images:
         raise ValueError(
             f"The anomaly-source folder {str(folder)!r} holds no image files "
