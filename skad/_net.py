@@ -21,15 +21,17 @@ PSEUDO = 2
 
 
 class BalancedBatchSampler(torch.utils.data.Sampler):
-    """Batches of half unlabelled images and half anomalies.
+    """Batches of unlabelled images and anomalies, half and half by default.
 
-    The unlabelled half walks through a fresh permutation of the unlabelled
+    The unlabelled part walks through a fresh permutation of the unlabelled
     pool each epoch; the anomaly half draws labelled anomalies with
     replacement (oversampling the few), or, when there are none and
     ``pseudo`` is true, unlabelled images tagged to become pseudo-anomalies.
     Pseudo-anomalies are the detector's explicit choice (``pseudo=False`` by
     default): without them and without labelled anomalies, every slot of a
-    batch is an unlabelled image.
+    batch is an unlabelled image. The anomaly part has
+    ``max(floor(anomaly_share * batch_size), 1)`` slots (``batch_size // 2``
+    for the default share of 1/2; DRA gives a third).
 
     Parameters
     ----------
@@ -44,17 +46,27 @@ class BalancedBatchSampler(torch.utils.data.Sampler):
     pseudo_fraction : float in [0, 1]
         Share of the anomaly half given to pseudo-anomalies when anomalies are
         labelled too (0: labelled anomalies only, DevNet's recipe).
+    anomaly_share : float in (0, 1), default=0.5
+        Share of each batch given to anomalies (labelled or pseudo); at least
+        one slot, and at least one slot stays unlabelled.
     generator : torch.Generator
         Source of randomness.
     """
 
     def __init__(self, target, batch_size, *, steps_per_epoch=None, pseudo=False,
-                 pseudo_fraction=0.0, generator=None):
+                 pseudo_fraction=0.0, anomaly_share=0.5, generator=None):
+        if not 0 < anomaly_share < 1:
+            raise ValueError(f"The 'anomaly_share' parameter of BalancedBatchSampler must be "
+                             f"a float in (0, 1). Got {anomaly_share!r} instead.")
         target = np.asarray(target)
         self.pseudo_fraction = pseudo_fraction if pseudo else 0.0
         self.unlabelled = np.flatnonzero(target == 0)
         self.anomalies = np.flatnonzero(target == 1)
-        self.n_anomalous = batch_size // 2 if (len(self.anomalies) or pseudo) else 0
+        self.n_anomalous = 0
+        if len(self.anomalies) or pseudo:
+            # the epsilon keeps floor(48 * (1/3)) at 16 although 1/3 is stored below a third
+            share = math.floor(anomaly_share * batch_size + 1e-9)
+            self.n_anomalous = min(max(share, 1), batch_size - 1)
         self.n_unlabelled = batch_size - self.n_anomalous
         if steps_per_epoch is None:
             steps_per_epoch = max(math.ceil(len(self.unlabelled) / self.n_unlabelled), 1)
@@ -90,11 +102,12 @@ class BalancedBatchSampler(torch.utils.data.Sampler):
 
 
 def balanced_loader(dataset, batch_size, shuffle=True, *, steps_per_epoch=None, pseudo=False,
-                    pseudo_fraction=0.0, generator=None, collate_fn=None):
+                    pseudo_fraction=0.0, anomaly_share=0.5, generator=None, collate_fn=None):
     """``iterator_train`` for :class:`SkadNet`: a DataLoader over balanced batches."""
     sampler = BalancedBatchSampler(
         dataset.target.numpy().astype(np.int64), batch_size, steps_per_epoch=steps_per_epoch,
-        pseudo=pseudo, pseudo_fraction=pseudo_fraction, generator=generator,
+        pseudo=pseudo, pseudo_fraction=pseudo_fraction, anomaly_share=anomaly_share,
+        generator=generator,
     )
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn)
 

@@ -105,6 +105,31 @@ def test_pseudo_fraction_mixes_labelled_and_pseudo_anomalies():
         assert [code for _, code in batch] == [0] * 4 + [1] * 2 + [PSEUDO] * 2
 
 
+
+@pytest.mark.parametrize("batch_size, n_anomalous", [(48, 16), (16, 5), (8, 2), (3, 1), (2, 1)])
+def test_anomaly_share_sets_the_labelled_part_of_each_batch(batch_size, n_anomalous):
+    target = np.r_[np.zeros(40), np.ones(3)].astype(int)
+    sampler = BalancedBatchSampler(target, batch_size, anomaly_share=1 / 3,
+                                   generator=torch.Generator().manual_seed(0))
+    for batch in sampler:
+        codes = [code for _, code in batch]
+        assert codes == [0] * (batch_size - n_anomalous) + [1] * n_anomalous
+    assert len(sampler) == -(-40 // (batch_size - n_anomalous))  # one pass, unlabelled part
+
+
+def test_default_anomaly_share_is_half_for_every_batch_size():
+    target = np.r_[np.zeros(10), np.ones(2)].astype(int)
+    for batch_size in range(2, 40):
+        explicit = BalancedBatchSampler(target, batch_size, anomaly_share=0.5)
+        assert explicit.n_anomalous == BalancedBatchSampler(target, batch_size).n_anomalous \
+            == batch_size // 2
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0, -0.1])
+def test_anomaly_share_outside_the_open_unit_interval_is_named(share):
+    with pytest.raises(ValueError, match="'anomaly_share'.*in \\(0, 1\\)"):
+        BalancedBatchSampler(np.zeros(4, int), 4, anomaly_share=share)
+
 def test_nearest_neighbour_reference_scores_defects_higher():
     from _helpers import make_tiny_images
 
