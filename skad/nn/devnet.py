@@ -1,9 +1,8 @@
 """DevNet's networks: a top-K deviation head on a backbone, and a tabular MLP."""
 
-import torch.nn.functional as F
 from torch import nn
 
-from .heads import DeviationHead, Normalize
+from .heads import DeviationHead, Normalize, rescale_images
 from .outputs import ScoreOutput
 
 __all__ = ["DevNetModule"]
@@ -35,16 +34,9 @@ class DevNetModule(nn.Module):
         self.head = DeviationHead(extractor.channels[-1], top_k=top_k)
         self.scales = tuple(scales)
 
-    def _rescale(self, x, scale):
-        if scale == 1.0:
-            return x
-        return F.interpolate(
-            x, scale_factor=scale, mode="bilinear", antialias=scale < 1, align_corners=False
-        )
-
     def forward(self, x):
         x = self.normalize(x)
         total = 0.0
         for scale in self.scales:
-            total = total + self.head(self.extractor(self._rescale(x, scale))[-1])
+            total = total + self.head(self.extractor(rescale_images(x, scale))[-1])
         return ScoreOutput(total / len(self.scales))

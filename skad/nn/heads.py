@@ -3,11 +3,12 @@
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .outputs import ScoreOutput
 
-__all__ = ["Normalize", "topk_mean", "DeviationHead", "MLPScorer"]
+__all__ = ["Normalize", "rescale_images", "topk_mean", "DeviationHead", "MLPScorer"]
 
 
 class Normalize(nn.Module):
@@ -36,6 +37,28 @@ class Normalize(nn.Module):
         if not self.enabled:
             return x
         return torch.addcmul(self.shift, x, self.scale)
+
+
+def rescale_images(x, scale):
+    """Images resized by ``scale``, bilinearly (antialiased when shrinking); ``x`` itself at 1.
+
+    The input scales of DevNet's and DRA's networks.
+
+    Parameters
+    ----------
+    x : Tensor of shape (B, C, H, W)
+    scale : float
+        Factor applied to ``H`` and ``W``.
+
+    Returns
+    -------
+    Tensor of shape (B, C, floor(H * scale), floor(W * scale))
+    """
+    if scale == 1.0:
+        return x
+    return F.interpolate(
+        x, scale_factor=scale, mode="bilinear", antialias=scale < 1, align_corners=False
+    )
 
 
 def topk_mean(maps, top_k):
