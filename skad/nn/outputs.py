@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-__all__ = ["ADLOutput", "PatchScoreOutput", "ScoreOutput"]
+__all__ = ["ADLOutput", "DRAOutput", "PatchScoreOutput", "ScoreOutput"]
 
 
 class ScoreOutput(NamedTuple):
@@ -55,3 +55,29 @@ class PatchScoreOutput(NamedTuple):
 
     score: Tensor
     distances: Tensor
+
+
+class DRAOutput(NamedTuple):
+    """The composite score and the four heads of :class:`skad.nn.dra.DRAModule`.
+
+    Every head is averaged over the input scales; a head the module does not
+    have (an ablation, or the seen head of a fit without labelled anomalies)
+    is ``None``.
+
+    Attributes
+    ----------
+    score : Tensor of shape (B,)
+        ``-normality + seen + pseudo + residual`` over the heads present;
+        higher = more anomalous.
+    seen, pseudo, residual : Tensor of shape (B,) or None
+        Non-negative abnormality scores of the seen, pseudo and latent-residual
+        heads.
+    normality : Tensor of shape (B,) or None
+        Non-negative normality score: higher = more normal.
+    """
+
+    score: Tensor
+    seen: Tensor | None
+    pseudo: Tensor | None
+    residual: Tensor | None
+    normality: Tensor | None
