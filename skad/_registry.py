@@ -15,6 +15,7 @@ DETECTORS = {
     "adl": ("skad.detectors._adl", "AdaptiveDeviationDetector"),
     "bgad": ("skad.detectors._bgad", "BoundaryGuidedDetector"),
     "devnet": ("skad.detectors._devnet", "DeviationNetworkDetector"),
+    "dra": ("skad.detectors._dra", "DisentangledResidualDetector"),
     "multicue": ("skad.detectors._multicue", "MultiCueDetector"),
     "padim": ("skad.detectors._padim", "PaDiMDetector"),
     "patchcore": ("skad.detectors._patchcore", "PatchCoreDetector"),

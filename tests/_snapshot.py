@@ -32,6 +32,7 @@ def _detectors():
         AdaptiveDeviationDetector,
         BoundaryGuidedDetector,
         DeviationNetworkDetector,
+        DisentangledResidualDetector,
         MultiCueDetector,
         PaDiMDetector,
         PatchCoreDetector,
@@ -53,6 +54,8 @@ def _detectors():
         "PaDiMDetector": lambda **kw: PaDiMDetector(**TINY, n_features=16, **kw),
         "BoundaryGuidedDetector": lambda **kw: BoundaryGuidedDetector(
             **TINY, **TRAINED, n_blocks=2, cond_dim=16, n_pseudo=8, steps_per_epoch=2, **kw),
+        "DisentangledResidualDetector": lambda **kw: DisentangledResidualDetector(
+            **TINY, **TRAINED, steps_per_epoch=3, n_reference=500, **kw),
     }
 
 

@@ -35,6 +35,7 @@ FAST = {
     "PaDiMDetector": {"n_features": 16},
     "BoundaryGuidedDetector": {"n_blocks": 2, "cond_dim": 16, "n_pseudo": 8,
                                "steps_per_epoch": 2},
+    "DisentangledResidualDetector": {"steps_per_epoch": 3, "n_reference": 500},
 }
 
 
