@@ -100,3 +100,39 @@ def test_without_labels_fits_on_the_unlabelled_images_only():
 def test_unknown_model_is_an_error_listing_the_registry(fake_elpv, tmp_path):
     with pytest.raises(ValueError, match="unknown model.*registered.*ADL full"):
         elpv.main(["--models", "nope", "--out", str(tmp_path / "x")])
+
+
+def test_dra_rows_build_the_paper_ablations_on_the_benchmark_schedule():
+    from argparse import Namespace
+
+    args = Namespace(image_size=64, epochs=3, steps=7, batch_size=12, lr=5e-4, device="cpu")
+    heads = {name: elpv.MODELS[name].build(1, args).get_params()["heads"]
+             for name in elpv.DRA_ABLATIONS}
+    assert heads["DRA1A"] == ("seen",)
+    assert heads["DRA2A"] == ("seen", "pseudo")
+    assert heads["DRA3Ar"] == ("seen", "pseudo", "residual")
+    assert heads["DRA3An"] == ("seen", "pseudo", "normality")
+    assert heads["DRA"] == heads["DRA + reweighting"] == ("seen", "pseudo", "residual",
+                                                          "normality")
+    full = elpv.MODELS["DRA + reweighting"].build(1, args).get_params()
+    assert full["divergence"] == "alpha" and elpv.MODELS["DRA"].build(1, args).divergence is None
+    assert (full["image_size"], full["max_epochs"], full["steps_per_epoch"], full["batch_size"],
+            full["lr"], full["random_state"]) == (64, 3, 7, 12, 5e-4, 1)
+    devnet = elpv.MODELS["DevNet"].build(2, args)
+    assert type(devnet).__name__ == "DeviationNetworkDetector"
+    assert (devnet.max_epochs, devnet.steps_per_epoch, devnet.random_state) == (3, 7, 2)
+
+
+def test_dra_rows_are_the_score_and_each_head_with_normality_negated():
+    class Fitted:
+        heads_ = ("pseudo", "normality")
+
+        def head_scores(self, X):
+            return pd.DataFrame({"pseudo": [1.0, 2.0], "normality": [5.0, 3.0],
+                                 "score": [-4.0, -1.0]})
+
+    rows = elpv.MODELS["DRA2A"].rows(Fitted(), None)
+    assert list(rows) == ["DRA2A", "DRA2A pseudo head", "DRA2A normality head"]
+    np.testing.assert_array_equal(rows["DRA2A"], [-4.0, -1.0])
+    np.testing.assert_array_equal(rows["DRA2A pseudo head"], [1.0, 2.0])
+    np.testing.assert_array_equal(rows["DRA2A normality head"], [-5.0, -3.0])

@@ -203,6 +203,50 @@ register("BGAD + boundary", _bgad(anomaly_top_k=None), _bgad_rows("BGAD + bounda
 register("BGAD + reweighting", _bgad(divergence="alpha"), _bgad_rows("BGAD + reweighting"))
 BGAD_ABLATIONS = ["BGAD ML only", "BGAD + boundary", "BGAD", "BGAD + reweighting"]
 
+
+def _trained(cls_name, **params):
+    """A trained detector on the benchmark's schedule (``--epochs --steps --batch-size --lr``)."""
+    def build(seed, args):
+        import skad
+
+        return getattr(skad, cls_name)(
+            image_size=args.image_size, max_epochs=args.epochs, steps_per_epoch=args.steps,
+            batch_size=args.batch_size, lr=args.lr, random_state=seed, device=args.device,
+            **params,
+        )
+    return build
+
+
+def _dra_rows(name):
+    def rows(est, X_test):
+        """One fit, a row for the anomaly score and one per head (normality negated)."""
+        heads = est.head_scores(X_test)
+        out = {name: heads["score"].to_numpy()}
+        for head in est.heads_:
+            sign = -1.0 if head == "normality" else 1.0
+            out[f"{name} {head} head"] = sign * heads[head].to_numpy()
+        return out
+    return rows
+
+
+def _dra(variant, **params):
+    """DisentangledResidualDetector as one of the paper's ablation variants (its Table 3)."""
+    def build(seed, args):
+        from skad.detectors._dra import ABLATIONS
+
+        return _trained("DisentangledResidualDetector", **ABLATIONS[variant], **params)(
+            seed, args)
+    return build
+
+
+# DevNet beside DRA on the same schedule: DRA1A's architecture (the seen head alone), with
+# DevNet's own batches (half anomalies, CutMix standing in when none is labelled).
+register("DevNet", _trained("DeviationNetworkDetector"))
+for _variant in ("DRA1A", "DRA2A", "DRA3Ar", "DRA3An", "DRA"):
+    register(_variant, _dra(_variant), _dra_rows(_variant))
+register("DRA + reweighting", _dra("DRA", divergence="alpha"), _dra_rows("DRA + reweighting"))
+DRA_ABLATIONS = ["DRA1A", "DRA2A", "DRA3Ar", "DRA3An", "DRA", "DRA + reweighting"]
+
 register("PatchCore", _frozen("PatchCoreDetector"))
 register("PatchCore pruned", _frozen("PatchCoreDetector", prune_with_labels=True))
 register("PaDiM", _frozen("PaDiMDetector"))
