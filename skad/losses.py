@@ -23,6 +23,7 @@ __all__ = [
     "ADLLoss",
     "BGADLoss",
     "DRALoss",
+    "DRA_ROUTES",
     "DeviationLoss",
     "bgspp_loss",
     "deviation_loss",

@@ -123,6 +123,24 @@ def test_fit_plain_folder_with_labeled_folder_and_devnet(tree, tmp_path, capsys)
     assert list(df.columns) == ["path", "anomaly_score", "prediction"] and len(df) == 3
 
 
+def test_fit_dra_with_an_ablation_setting_and_score(tree, tmp_path):
+    out = tmp_path / "dra.skad"
+    assert cli.main(["fit", "--data", str(tree), "--detector", "dra", "--out", str(out),
+                     "-p", "heads=('seen', 'pseudo', 'residual')", "-p", "n_reference=500",
+                     *TINY_OPTIONS]) == 0
+    header = read_header(out)
+    assert header["class"] == "skad.detectors._dra.DisentangledResidualDetector"
+    det = skad.persistence.load(out)
+    assert det.heads_ == ("seen", "pseudo", "residual") and det.steps_per_epoch == 2
+    assert len(det.reference_indices_) == 5 and det.reference_images_.shape == (5, 3, 32, 32)
+    scores = tmp_path / "dra.csv"
+    assert cli.main(["score", "--model", str(out), "--data", str(tree / "crack"),
+                     "--out", str(scores)]) == 0
+    df = pd.read_csv(scores)
+    np.testing.assert_allclose(df.anomaly_score, det.head_scores(list(df.path))["score"],
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_fit_training_free_patchcore_and_refuse_training_options(tree, tmp_path, capsys):
     out = tmp_path / "patchcore.skad"
     frozen = TINY_OPTIONS[:3] + ["--image-size", "32", "--batch-size", "8", "--device", "cpu",

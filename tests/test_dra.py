@@ -77,6 +77,15 @@ def test_scores_are_deterministic_and_batch_independent(fitted, data):
                                atol=1e-6)
 
 
+def test_localize_is_batch_independent_and_releases_the_fixed_reference(fitted, data):
+    X = data[0][:4]
+    maps = fitted.localize(X)
+    assert maps.shape == (4, 32, 32) and maps.dtype == np.float32 and np.isfinite(maps).all()
+    assert maps.reshape(4, -1).std(axis=1).min() > 0  # a map, not a constant
+    np.testing.assert_allclose(fitted.localize(X[2:3])[0], maps[2], rtol=1e-4, atol=1e-5)
+    assert fitted.net_.module_._held is None  # later passes use the live references again
+
+
 def test_fewer_unlabelled_images_than_reference_size_uses_them_all(data):
     X, y = data
     keep = np.r_[np.flatnonzero(y == 1)[:4], np.flatnonzero(y == -1)[:2]]

@@ -393,12 +393,12 @@ class DisentangledResidualDetector(TrainedDetector):
 
         Returns
         -------
-        scores : pandas.DataFrame of shape (n, len(heads_) + 1)
-            One column per head of ``heads_`` (``seen``, ``pseudo``,
-            ``residual``: higher = more anomalous; ``normality``: higher =
-            more normal), each averaged over the input scales, and ``score``,
-            the anomaly score ``-normality + seen + pseudo + residual``
-            (``-score_samples(X)``).
+        scores : pandas.DataFrame of shape (n_images, n_heads + 1)
+            One column for each of the ``n_heads`` heads of ``heads_``
+            (``seen``, ``pseudo``, ``residual``: higher = more anomalous;
+            ``normality``: higher = more normal), each averaged over the input
+            scales, and ``score``, the anomaly score ``-normality + seen +
+            pseudo + residual`` (``-score_samples(X)``).
         """
         check_is_fitted(self, "net_")
         table = self._head_table(self._check_input(X, reset=False))
