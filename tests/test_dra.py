@@ -221,3 +221,12 @@ def test_reweighting_is_a_parameter_that_changes_training(data):
     assert weighted.net_.criterion_.divergence == "alpha"
     assert np.isfinite(weighted.score_samples(X)).all()
     assert not np.allclose(weighted.score_samples(X), plain.score_samples(X))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import skad.detectors._dra
+
+    result = doctest.testmod(skad.detectors._dra, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted >= 5

@@ -198,3 +198,14 @@ def test_reweighting_gives_high_loss_unlabelled_images_less_weight(divergence):
         return DRALoss(generator=torch.Generator().manual_seed(0), **kw)(_output(heads), codes)
 
     assert torch.isfinite(loss(divergence=divergence)) and loss(divergence=divergence) < loss()
+
+
+def test_docstring_example_of_dra_loss_runs():
+    import doctest
+
+    import skad.losses
+
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner()
+    (test,) = [t for t in finder.find(skad.losses) if t.name == "skad.losses.dra_loss"]
+    result = runner.run(test, out=lambda _: None)
+    assert result.failed == 0 and result.attempted == 5
