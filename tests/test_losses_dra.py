@@ -206,6 +206,6 @@ def test_docstring_example_of_dra_loss_runs():
     import skad.losses
 
     finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner()
-    (test,) = [t for t in finder.find(skad.losses) if t.name == "skad.losses.dra_loss"]
+    (test,) = finder.find(skad.losses.dra_loss, "skad.losses.dra_loss")
     result = runner.run(test, out=lambda _: None)
     assert result.failed == 0 and result.attempted == 5
