@@ -15,7 +15,8 @@ All metrics take numpy arrays and return a Python :class:`float`. The
 :data:`anomaly_auprc_scorer` is a scorer usable as
 ``GridSearchCV(scoring=anomaly_auprc_scorer)``.
 
-This module deliberately depends on numpy, scipy, pandas and scikit-learn only.
+This module deliberately depends on numpy, scipy, pandas and scikit-learn only
+(:mod:`skad.pipeline`, which it reads pipelines with, imports no more).
 """
 
 import numbers
@@ -26,6 +27,7 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, make_scorer
 
 from ._labels import is_anomaly_from_labels
+from .pipeline import final_detector, localize
 
 __all__ = [
     "image_auroc",
@@ -516,7 +518,10 @@ def evaluate(detector, X, y, masks=None, *, max_fpr=0.3):
         Fitted detector following skad's contract: ``score_samples(X)``
         (higher = more normal) and, if ``masks`` is given,
         ``localize(X)`` returning anomaly maps of shape
-        ``(n_images, height, width)`` (higher = more anomalous).
+        ``(n_images, height, width)`` (higher = more anomalous). A
+        :class:`~sklearn.pipeline.Pipeline` whose last step is such a
+        detector works too: its transformers are applied first
+        (:func:`skad.pipeline.localize`).
 
     X : array-like
         Test images, in whatever format ``detector`` accepts.
@@ -537,7 +542,8 @@ def evaluate(detector, X, y, masks=None, *, max_fpr=0.3):
     results : pandas.Series
         ``image_auroc`` and ``image_auprc`` computed on
         ``-detector.score_samples(X)``, plus ``pixel_auroc`` and ``aupro``
-        when ``masks`` is given. Named after the detector's class.
+        when ``masks`` is given. Named after the detector's class (a
+        pipeline's final step's).
 
     See Also
     --------
@@ -561,10 +567,10 @@ def evaluate(detector, X, y, masks=None, *, max_fpr=0.3):
         "image_auprc": image_auprc(y, anomaly_scores),
     }
     if masks is not None:
-        maps = detector.localize(X)
+        maps = localize(detector, X)
         results["pixel_auroc"] = pixel_auroc(masks, maps)
         results["aupro"] = aupro(masks, maps, max_fpr=max_fpr)
-    return pd.Series(results, name=type(detector).__name__, dtype=np.float64)
+    return pd.Series(results, name=type(final_detector(detector)).__name__, dtype=np.float64)
 
 
 def _anomaly_auprc_from_score_samples(y_true, score_samples):
