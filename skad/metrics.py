@@ -11,19 +11,21 @@ All metrics take numpy arrays and return a Python :class:`float`. The
   defect masks and anomaly maps (higher = more anomalous, as returned by
   ``detector.localize(X)``), both of shape ``(n_images, height, width)``.
 
-:func:`evaluate` computes all of them for a fitted detector, and
-:data:`anomaly_auprc_scorer` is a scorer usable as
-``GridSearchCV(scoring=anomaly_auprc_scorer)``.
+:func:`evaluate` computes all of them for a fitted detector (or a pipeline
+ending in one), and :data:`anomaly_auprc_scorer` and :data:`anomaly_auroc_scorer`
+are scorers usable as ``GridSearchCV(scoring=anomaly_auprc_scorer)``.
 
 This module deliberately depends on numpy, scipy, pandas and scikit-learn only
 (:mod:`skad.pipeline`, which it reads pipelines with, imports no more).
 """
 
 import numbers
+import warnings
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import average_precision_score, make_scorer
 
 from ._labels import is_anomaly_from_labels
@@ -36,6 +38,7 @@ __all__ = [
     "aupro",
     "evaluate",
     "anomaly_auprc_scorer",
+    "anomaly_auroc_scorer",
 ]
 
 # 8-connectivity, as in the official MVTec AD evaluation code
@@ -573,9 +576,34 @@ def evaluate(detector, X, y, masks=None, *, max_fpr=0.3):
     return pd.Series(results, name=type(final_detector(detector)).__name__, dtype=np.float64)
 
 
+def _undefined_on_one_class(y_true):
+    """Warn and return True when a scorer's fold holds one class only (its score is NaN)."""
+    is_anomaly = is_anomaly_from_labels(y_true, both_classes=False)
+    n_anomalies = int(is_anomaly.sum())
+    if 0 < n_anomalies < is_anomaly.shape[0]:
+        return False
+    what = "no anomaly (-1)" if n_anomalies == 0 else "no normal image (+1)"
+    warnings.warn(
+        f"A validation fold of {is_anomaly.shape[0]} images has {what}; its score is NaN. "
+        "Cross-validate with cv=skad.model_selection.LabelledAnomalyKFold(n_splits), which "
+        "keeps labelled anomalies in every fold (or raises saying why it cannot).",
+        UndefinedMetricWarning, stacklevel=2,
+    )
+    return True
+
+
 def _anomaly_auprc_from_score_samples(y_true, score_samples):
     """Anomaly-class average precision from ``score_samples`` (higher = normal)."""
+    if _undefined_on_one_class(y_true):
+        return np.nan
     return image_auprc(y_true, -np.asarray(score_samples, dtype=np.float64))
+
+
+def _anomaly_auroc_from_score_samples(y_true, score_samples):
+    """Image AUROC from ``score_samples`` (higher = normal)."""
+    if _undefined_on_one_class(y_true):
+        return np.nan
+    return image_auroc(y_true, -np.asarray(score_samples, dtype=np.float64))
 
 
 # ``make_scorer`` only validates a *string* response_method against the
@@ -588,6 +616,21 @@ anomaly_auprc_scorer.__doc__ = """Scorer: average precision of the anomaly class
 Calls ``estimator.score_samples(X)`` (higher = more normal) and returns
 ``image_auprc(y, -estimator.score_samples(X))``, with ``y`` in ``-1`` (anomaly)
 / ``+1`` (normal) or boolean (``True`` = anomaly). Higher is better, so it can
-be passed directly as ``GridSearchCV(..., scoring=anomaly_auprc_scorer)``. Use
-a stratified splitter so that every test fold contains anomalies.
+be passed directly as ``GridSearchCV(..., scoring=anomaly_auprc_scorer)``. A
+fold with one class only scores NaN with an
+:class:`~sklearn.exceptions.UndefinedMetricWarning` that names
+:class:`skad.model_selection.LabelledAnomalyKFold`, the splitter that keeps
+anomalies in every fold.
+"""
+
+anomaly_auroc_scorer = make_scorer(
+    _anomaly_auroc_from_score_samples, response_method=("score_samples",)
+)
+anomaly_auroc_scorer.__doc__ = """Scorer: image AUROC with the anomaly as positive class.
+
+``image_auroc(y, -estimator.score_samples(X))``; the same ranking as
+``scoring="roc_auc"`` on a skad detector, but a fold with one class only
+scores NaN with an :class:`~sklearn.exceptions.UndefinedMetricWarning` naming
+:class:`skad.model_selection.LabelledAnomalyKFold` (scikit-learn's
+``"roc_auc"`` warns without saying what to do).
 """
