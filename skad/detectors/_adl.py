@@ -304,6 +304,14 @@ class AdaptiveDeviationDetector(TrainedDetector):
     def _auto_offset(self, data, target, train_scores):
         return -1.96
 
+    def _export_graph(self):
+        """Score, and the segmentation map when ``localization="segmentation"``."""
+        if self.localization == "saliency":
+            return super()._export_graph()
+        from ..nn.export import SegmentationGraph
+
+        return SegmentationGraph(self.net_.module_, 4.0 * self.image_size / 256)
+
     def _localize_batch(self, x):
         module = self.net_.module_
         if self.localization == "saliency":

@@ -394,6 +394,14 @@ class MultiCueDetector(AdaptiveDeviationDetector):
         table = self._cue_table(self._check_input(X, reset=False))
         return pd.DataFrame(table, columns=[*CUES, "fused"])
 
+    def _export_graph(self):
+        """Fused score, and the segmentation map when ``localization="segmentation"``."""
+        from ..nn.export import FusedCueGraph
+
+        sigma = None if self.localization == "saliency" else 4.0 * self.image_size / 256
+        return FusedCueGraph(self.net_.module_, self.deviation_reference_, self.cue_weights_,
+                             sigma=sigma)
+
     # ---------------------------------------------------------- localisation
     def _saliency_cues(self, images):
         return raw_cues(self.net_.module_(images))

@@ -178,3 +178,9 @@ class PaDiMDetector(FrozenFeatureDetector):
     def _auto_offset(self, data, target, train_scores):
         """Tukey fence of the unlabelled training images' (in-sample) scores."""
         return tukey_offset(train_scores[target == 0])
+
+    def _export_graph(self):
+        """Score and map as one static graph (:class:`skad.nn.export.PaDiMGraph`)."""
+        from ..nn.export import PaDiMGraph
+
+        return PaDiMGraph(self.module_, self.image_size, 4.0 * self.image_size / 224)

@@ -233,6 +233,12 @@ class PatchCoreDetector(FrozenFeatureDetector):
         self._log("leave-own-image-out training scores", start)
         return tukey_offset(scores)
 
+    def _export_graph(self):
+        """Score and map as one static graph (:class:`skad.nn.export.PatchCoreGraph`)."""
+        from ..nn.export import PatchCoreGraph
+
+        return PatchCoreGraph(self.module_, self.image_size, 4.0 * self.image_size / 224)
+
     def _prune(self, keep, candidates, groups, patches, target):
         """Split ``keep`` into (kept, pruned) rows of ``candidates`` with the labelled anomalies."""
         no_rows = keep[:0]
