@@ -84,27 +84,27 @@ def _graph(detector):
     return hook()
 
 
-def _check_inputs(detector, X_check, generator):
-    """Float32 inputs of the network and of the detector (the same values) for the check."""
-    import torch
-
-    if X_check is not None:
-        x = np.asarray(X_check, dtype=np.float32)
-    elif detector.input_kind_ == "tabular":
-        x = torch.randn(_N_CHECK, detector.n_features_in_, generator=generator).numpy()
-    else:
-        size = detector.image_size
-        x = torch.rand(_N_CHECK, 3, size, size, generator=generator).numpy()
-    return x
-
-
-def _example(detector, generator):
+def _network_input(detector, n, generator):
+    """``n`` random network inputs: images in [0, 1], or standard normal rows."""
     import torch
 
     if detector.input_kind_ == "tabular":
-        return torch.randn(2, detector.n_features_in_, generator=generator)
+        return torch.randn(n, detector.n_features_in_, generator=generator)
     size = detector.image_size
-    return torch.rand(2, 3, size, size, generator=generator)
+    return torch.rand(n, 3, size, size, generator=generator)
+
+
+def _check_inputs(detector, X_check, batch_size, generator):
+    """Float32 inputs of the network and of the detector (the same values) for the check."""
+    if X_check is None:
+        return _network_input(detector, batch_size or _N_CHECK, generator).numpy()
+    x = np.asarray(X_check, dtype=np.float32)
+    if batch_size is not None and len(x) != batch_size:
+        raise ValueError(
+            f"X_check has {len(x)} rows but the model is exported for batch_size={batch_size}; "
+            f"pass {batch_size} rows, or batch_size=None for any batch size."
+        )
+    return x
 
 
 def _metadata(detector, output_names):
@@ -136,7 +136,7 @@ def _relative_error(got, expected):
     return float(np.max(np.abs(np.asarray(got, dtype=np.float64) - expected)) / scale)
 
 
-def to_onnx(detector, path, *, dynamic_batch=True, opset_version=None, check=True,
+def to_onnx(detector, path, *, batch_size=None, opset_version=None, check=True,
             X_check=None, rtol=1e-4):
     """Write a fitted detector's scoring (and anomaly map) as an ONNX model.
 
@@ -155,16 +155,19 @@ def to_onnx(detector, path, *, dynamic_batch=True, opset_version=None, check=Tru
         transformers before the model.
     path : str or path-like
         The ``.onnx`` file to write.
-    dynamic_batch : bool, default=True
-        Accept any batch size; ``False`` fixes it to 2 (the example batch).
+    batch_size : int or None, default=None
+        ``None`` exports a model for any batch size; an int fixes it (some
+        runtimes optimise fixed shapes better, e.g. ``1`` for one image at a
+        time).
     opset_version : int, default=None
         ONNX opset; None is the exporter's default.
     check : bool, default=True
         Run the model with onnxruntime on ``X_check`` and raise if its
         outputs differ from the detector's by more than ``rtol``.
     X_check : array-like of shape (n, 3, S, S) or (n, n_features), default=None
-        Network inputs (float32 in [0, 1] for images) for the check;
-        ``None`` draws 3 random ones (seeded).
+        Network inputs (float32 in [0, 1] for images) for the check, ``n``
+        equal to ``batch_size`` when that is fixed; ``None`` draws 3 random
+        ones (``batch_size`` when fixed), seeded.
     rtol : float, default=1e-4
         Largest accepted ``max|onnx - skad| / max|skad|``, per output.
 
@@ -185,7 +188,7 @@ def to_onnx(detector, path, *, dynamic_batch=True, opset_version=None, check=Tru
 
     See Also
     --------
-    skad.persistence.save : skad's own model files (everything, including saliency maps).
+    skad.persistence.save : Skad's own model files (everything, saliency maps included).
     skad.thresholds.calibrate : Set the threshold stored in the model first.
 
     Examples
@@ -203,6 +206,8 @@ def to_onnx(detector, path, *, dynamic_batch=True, opset_version=None, check=Tru
             "before the ONNX model (skad.pipeline.transform_to_detector does it in Python)."
         )
     check_is_fitted(detector, "offset_")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be None or a positive int; got {batch_size!r}.")
     onnx = _require("onnx")
     _require("onnxscript")  # torch's dynamo exporter writes its graphs with it
     if check:
@@ -212,8 +217,9 @@ def to_onnx(detector, path, *, dynamic_batch=True, opset_version=None, check=Tru
     graph = copy.deepcopy(_graph(detector)).to("cpu").eval()  # never touches the detector
     output_names = list(graph.output_names)
     generator = torch.Generator().manual_seed(0)
-    example = _example(detector, generator)
-    dynamic = {"x": {0: torch.export.Dim("batch")}} if dynamic_batch else None
+    example = _network_input(detector, batch_size or 2, generator)
+    x_check = _check_inputs(detector, X_check, batch_size, generator) if check else None
+    dynamic = {"x": {0: torch.export.Dim("batch")}} if batch_size is None else None
     path = Path(path)
     with torch.no_grad():
         program = torch.onnx.export(
@@ -228,8 +234,7 @@ def to_onnx(detector, path, *, dynamic_batch=True, opset_version=None, check=Tru
     onnx.save(model, os.fspath(path))
     if check:
         try:
-            _parity(detector, path, ort, _check_inputs(detector, X_check, generator),
-                    output_names, rtol)
+            _parity(detector, path, ort, x_check, output_names, rtol)
         except Exception:
             path.unlink(missing_ok=True)
             raise

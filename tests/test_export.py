@@ -156,6 +156,20 @@ def test_a_graph_that_does_not_match_the_detector_is_refused(data, ort, tmp_path
     assert not (tmp_path / "wrong.onnx").exists()
 
 
+def test_a_fixed_batch_size(data, new_images, ort, tmp_path):
+    from skad.export import to_onnx
+
+    det = _fit("PatchCoreDetector", data)
+    session = ort.InferenceSession(str(to_onnx(det, tmp_path / "one.onnx", batch_size=1)))
+    assert session.get_inputs()[0].shape == [1, 3, 32, 32]
+    score, _ = session.run(None, {"images": _network_input(new_images[:1])})
+    assert _relative(score, -det.score_samples(new_images[:1])) < 1e-4
+    with pytest.raises(ValueError, match="X_check has 3 rows but .* batch_size=1"):
+        to_onnx(det, tmp_path / "x.onnx", batch_size=1, X_check=np.zeros((3, 3, 32, 32)))
+    with pytest.raises(ValueError, match="batch_size must be None or a positive int"):
+        to_onnx(det, tmp_path / "x.onnx", batch_size=0)
+
+
 def test_pipelines_and_foreign_estimators_are_type_errors(data, ort, tmp_path):
     from skad.export import to_onnx
 

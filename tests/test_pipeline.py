@@ -72,3 +72,12 @@ def test_a_final_step_without_localize_is_a_type_error():
     with pytest.raises(TypeError, match="IsolationForest has no localize"):
         evaluate(pipe, X, np.r_[np.ones(18), -np.ones(2)].astype(int),
                  masks=np.zeros((20, 1, 2)))
+
+
+def test_a_saved_pipeline_localizes_after_loading(pipe, data, tmp_path):
+    from skad.persistence import load, save
+
+    X = data[0][:3]
+    save(pipe, tmp_path / "pipe.skad")
+    loaded = load(tmp_path / "pipe.skad")
+    np.testing.assert_array_equal(localize(loaded, X), localize(pipe, X))

@@ -58,6 +58,7 @@ class SegmentationGraph(nn.Module):
     Parameters
     ----------
     module : skad.nn.adl.ADLModule
+        The trained network (its ``score`` and ``seg_logit`` outputs).
     sigma : float
         Gaussian smoothing of the map, in pixels.
     """
@@ -81,9 +82,11 @@ class FusedCueGraph(nn.Module):
     Parameters
     ----------
     module : skad.nn.adl.ADLModule
+        The trained network.
     deviation_reference : pair of float
         ``(m, r)`` of the deviation cue.
     cue_weights : array-like of shape (3,)
+        Weights of the deviation, uncertainty and segmentation cues.
     sigma : float or None
         Smoothing of the segmentation map; ``None`` returns no map.
     """
