@@ -9,7 +9,8 @@ not depend on training), this script times one image at a time:
   the network), plus ``localize`` where the ONNX model also gives the map;
 - ``torch graph``: the exported graph module itself in eager torch, on the
   network's input (the same computation as the ONNX model);
-- ``onnxruntime``: ``InferenceSession.run`` of the exported model on that input.
+- ``onnxruntime``: ``InferenceSession.run`` of the model exported for batch 1
+  (``to_onnx(det, path, batch_size=1)``) on that input.
 
 Each figure is the median over ``--repeats`` repeats of the mean of
 ``--calls`` calls (after one warm-up call), with ``--threads`` threads for
@@ -59,7 +60,7 @@ def measure(name, X_train, y_train, image, *, repeats, calls, threads, workdir):
     det = cls(device="cpu", random_state=0, **{k: v for k, v in TRAIN.items() if k in params})
     size = det.image_size
     det.fit(X_train, y_train)
-    path = to_onnx(det, Path(workdir) / f"{name}.onnx")
+    path = to_onnx(det, Path(workdir) / f"{name}.onnx", batch_size=1)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -149,7 +150,8 @@ def main(argv=None):
         "`score_samples(image[None])`, plus `localize` when the ONNX model also returns the map "
         "(`outputs`), i.e. what the ONNX model computes in one run; `torch graph`: the exported "
         "graph module in eager torch on the network input; `onnxruntime`: the exported model on "
-        "the same input. EfficientNet-Lite0 with its embedded ImageNet weights, default "
+        "the same input (the model exported with `batch_size=1`). EfficientNet-Lite0 with its "
+        "embedded ImageNet weights, default "
         f"`image_size`, fitted on {args.n_train} good parts + 10 labelled defects "
         "(trained detectors: 2 steps).\n\n"
         f"{table}\n"

@@ -18,6 +18,9 @@ AdaptiveDeviationDetector   ``anomaly_score``; ``anomaly_map`` with
 MultiCueDetector            ``anomaly_score`` (the fused score); ``anomaly_map`` with
                             ``localization="segmentation"``
 DeviationNetworkDetector    ``anomaly_score`` (images or tabular rows)
+BoundaryGuidedDetector      ``anomaly_score``, ``anomaly_map``; for one batch size
+                            (``batch_size=1``): its flows score positions in chunks,
+                            a loop that depends on the batch
 ==========================  ==========================================================
 
 Gradient-saliency maps (``DeviationNetworkDetector``'s, and ``localization=
@@ -123,9 +126,9 @@ def _metadata(detector, output_names):
         "skad.outputs": json.dumps({name: _OUTPUTS[name] for name in output_names}),
     }
     calibration = getattr(detector, "calibration_", None)
-    if calibration is not None and calibration.offset == offset:
+    if calibration is not None and calibration["offset"] == offset:
         props["skad.normalization"] = json.dumps(
-            {"threshold": calibration.threshold, "scale": calibration.scale,
+            {"threshold": calibration["threshold"], "scale": calibration["scale"],
              "formula": "sigmoid((anomaly_score - threshold) / scale)"})
     return props
 
@@ -158,7 +161,8 @@ def to_onnx(detector, path, *, batch_size=None, opset_version=None, check=True,
     batch_size : int or None, default=None
         ``None`` exports a model for any batch size; an int fixes it (some
         runtimes optimise fixed shapes better, e.g. ``1`` for one image at a
-        time).
+        time). A detector whose graph only traces for a fixed batch size
+        (``BoundaryGuidedDetector``) needs an int.
     opset_version : int, default=None
         ONNX opset; None is the exporter's default.
     check : bool, default=True
@@ -182,6 +186,9 @@ def to_onnx(detector, path, *, batch_size=None, opset_version=None, check=True,
         If the ``export`` extra is not installed.
     TypeError
         If ``detector`` is a pipeline, or a detector without an export graph.
+    ValueError
+        If ``batch_size=None`` but the graph traced for one batch size only
+        (the file is removed; pass ``batch_size``).
     RuntimeError
         If the check finds the ONNX outputs differ from skad's (the file is
         removed).
@@ -230,6 +237,14 @@ def to_onnx(detector, path, *, batch_size=None, opset_version=None, check=True,
         )
     program.save(os.fspath(path))
     model = onnx.load(os.fspath(path))
+    if batch_size is None and model.graph.input[0].type.tensor_type.shape.dim[0].HasField(
+            "dim_value"):
+        path.unlink(missing_ok=True)
+        raise ValueError(
+            f"the export graph of {type(detector).__name__} does not trace for any batch size "
+            "(a loop or shape in it depends on the batch, so the exporter fixed it); pass "
+            "batch_size=1 (or the batch size you deploy) for a model of that batch size."
+        )
     onnx.helper.set_model_props(model, _metadata(detector, output_names))
     onnx.save(model, os.fspath(path))
     if check:

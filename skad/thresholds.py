@@ -25,7 +25,6 @@ from numbers import Real
 import numpy as np
 from scipy.stats import beta
 from sklearn.metrics import precision_recall_curve
-from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from sklearn.utils.validation import check_is_fitted
 
@@ -179,7 +178,8 @@ def calibrate(detector, X, y=None, *, max_fpr=None, metric=None):
     detector : object
         The detector (or pipeline) passed, with its final step's ``offset_``
         set to ``-threshold`` (``predict`` flags ``-score_samples > threshold``)
-        and a ``calibration_`` :class:`~sklearn.utils.Bunch` describing it:
+        and a ``calibration_`` dict describing it (a plain dict, so that a
+        calibrated detector saves as a skad model file without pickle):
         ``method`` (``"max_fpr"`` or ``"f1"``), ``threshold`` (on the
         anomaly score ``-score_samples``), ``offset``, ``n_normal``,
         ``n_anomalous``, ``false_alarms`` and ``false_alarm_rate`` (normal
@@ -237,7 +237,7 @@ def calibrate(detector, X, y=None, *, max_fpr=None, metric=None):
     >>> rng = np.random.RandomState(0)
     >>> det = IsolationForest(random_state=0).fit(rng.normal(size=(200, 2)))
     >>> det = calibrate(det, rng.normal(size=(499, 2)), max_fpr=0.05)
-    >>> det.calibration_.false_alarms, round(det.calibration_.false_alarm_rate_upper, 3)
+    >>> det.calibration_["false_alarms"], round(det.calibration_["false_alarm_rate_upper"], 3)
     (24, 0.067)
     >>> float(np.mean(det.predict(rng.normal(size=(2000, 2))) == -1)) < 0.07
     True
@@ -271,7 +271,7 @@ def calibrate(detector, X, y=None, *, max_fpr=None, metric=None):
             "X holds no normal image (every y is -1); calibrate needs normal images to "
             "measure false alarms on."
         )
-    info = Bunch(max_fpr=max_fpr, f1=np.nan, expected_false_alarm_rate=np.nan)
+    info = {"max_fpr": max_fpr, "f1": float("nan"), "expected_false_alarm_rate": float("nan")}
     if metric == "f1":
         if not is_anomaly.any():
             raise ValueError(
@@ -279,13 +279,13 @@ def calibrate(detector, X, y=None, *, max_fpr=None, metric=None):
                 "label some, or bound the false alarms instead: calibrate(detector, X_good, "
                 "max_fpr=0.01)."
             )
-        threshold, info.f1 = _f1_threshold(is_anomaly, scores)
-        info.method = "f1"
+        threshold, info["f1"] = _f1_threshold(is_anomaly, scores)
+        info["method"] = "f1"
     else:
-        info.max_fpr = DEFAULT_MAX_FPR if max_fpr is None else float(max_fpr)
-        threshold, allowed = _max_fpr_threshold(normal, info.max_fpr)
-        info.method = "max_fpr"
-        info.expected_false_alarm_rate = (allowed + 1) / (len(normal) + 1)
+        info["max_fpr"] = DEFAULT_MAX_FPR if max_fpr is None else float(max_fpr)
+        threshold, allowed = _max_fpr_threshold(normal, info["max_fpr"])
+        info["method"] = "max_fpr"
+        info["expected_false_alarm_rate"] = (allowed + 1) / (len(normal) + 1)
     flagged = scores > threshold
     n_false = int(flagged[~is_anomaly].sum())
     info.update(
@@ -296,12 +296,12 @@ def calibrate(detector, X, y=None, *, max_fpr=None, metric=None):
         false_alarms=n_false,
         false_alarm_rate=n_false / len(normal),
         false_alarm_rate_upper=false_alarm_upper_bound(n_false, len(normal)),
-        detection_rate=float(flagged[is_anomaly].mean()) if is_anomaly.any() else np.nan,
+        detection_rate=float(flagged[is_anomaly].mean()) if is_anomaly.any() else float("nan"),
         scale=_normal_scale(threshold, normal),
     )
     if metric is None and is_anomaly.any():
         tp = int(flagged[is_anomaly].sum())
-        info.f1 = 2 * tp / (2 * tp + n_false + int(is_anomaly.sum()) - tp)
+        info["f1"] = 2 * tp / (2 * tp + n_false + int(is_anomaly.sum()) - tp)
     target.offset_ = -threshold
     target.calibration_ = info
     return detector
@@ -355,11 +355,11 @@ def score_normalized(detector, X):
     target = final_detector(detector)
     check_is_fitted(target, "offset_")
     info = getattr(target, "calibration_", None)
-    if info is None or target.offset_ != info.offset:
+    if info is None or target.offset_ != info["offset"]:
         what = "is not calibrated" if info is None else "was refitted since calibrate"
         raise NotFittedError(
             f"This {type(target).__name__} {what}; call "
             "skad.thresholds.calibrate(detector, X_good) (or with y_val, metric='f1') first."
         )
-    z = (_anomaly_scores(detector, X) - info.threshold) / info.scale
+    z = (_anomaly_scores(detector, X) - info["threshold"]) / info["scale"]
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic sigmoid, without overflow

@@ -13,11 +13,17 @@ from sklearn.preprocessing import FunctionTransformer
 from skad._registry import DETECTORS, detector_class
 
 TINY = dict(backbone="test_efficientnet", pretrained=False, image_size=32, max_epochs=1,
-            batch_size=8, device="cpu", random_state=0, n_reference=500, fuse_channels=8,
-            coreset_ratio=0.5, n_features=16)
+            steps_per_epoch=2, batch_size=8, device="cpu", random_state=0, n_reference=500,
+            fuse_channels=8, coreset_ratio=0.5, n_features=16)
 
 #: Registered detectors that have no ONNX graph, with the reason (documented in skad.export).
 NOT_EXPORTED = {}
+
+#: Detectors whose graph traces for one batch size only, with the reason (skad.export says so).
+FIXED_BATCH = {
+    "BoundaryGuidedDetector": "its flows score the positions in chunks, a loop whose length "
+                              "depends on the batch",
+}
 
 #: Settings beyond the defaults whose exported graph differs.
 VARIANTS = {
@@ -30,7 +36,8 @@ CASES = {**{cls: (cls, {}) for _, cls in DETECTORS.values() if cls not in NOT_EX
          **VARIANTS}
 #: Which cases export a map: those whose maps are a forward pass.
 WITH_MAP = {"PatchCoreDetector", "PatchCoreDetector-reweighted", "PaDiMDetector",
-            "AdaptiveDeviationDetector", "MultiCueDetector-segmentation"}
+            "AdaptiveDeviationDetector", "MultiCueDetector-segmentation",
+            "BoundaryGuidedDetector"}
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +82,21 @@ def test_onnxruntime_gives_skads_scores_and_maps(name, data, new_images, ort, tm
     from skad.export import to_onnx
 
     det = _fit(name, data)
-    path = to_onnx(det, tmp_path / "model.onnx")
+    batches = (slice(0, 1), slice(0, 7), slice(7, 24))  # batch sizes 1, 7 and 17
+    if name in FIXED_BATCH:
+        with pytest.raises(ValueError, match="does not trace for any batch size.*batch_size=1"):
+            to_onnx(det, tmp_path / "model.onnx")
+        assert not (tmp_path / "model.onnx").exists()
+        path = to_onnx(det, tmp_path / "model.onnx", batch_size=1)
+        batches = (slice(0, 1), slice(21, 22))  # a normal image and an anomaly
+    else:
+        path = to_onnx(det, tmp_path / "model.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     outputs = [o.name for o in session.get_outputs()]
     assert outputs == (["anomaly_score", "anomaly_map"] if name in WITH_MAP
                        else ["anomaly_score"])
     X = new_images
-    for rows in (slice(0, 1), slice(0, 7), slice(7, 24)):  # batch sizes 1, 7 and 17
+    for rows in batches:
         x = _network_input(X[rows])
         got = dict(zip(outputs, session.run(None, {"images": x})))
         expected = -det.score_samples(X[rows])

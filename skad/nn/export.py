@@ -22,6 +22,7 @@ from .backbones import align_levels
 from .multicue import fuse_cues, raw_cues, squashed_cues
 
 __all__ = [
+    "FrozenPatchGraph",
     "FusedCueGraph",
     "PaDiMGraph",
     "PatchCoreGraph",
@@ -109,6 +110,36 @@ class FusedCueGraph(nn.Module):
             return (fused.float(),)
         seg = torch.sigmoid(out.seg_logit[:, 0].float())
         return fused.float(), gaussian_blur(seg, self.sigma)
+
+
+class FrozenPatchGraph(nn.Module):
+    """Score and smoothed distance map of a :class:`~skad.nn.frozen.FrozenPatchModule`.
+
+    The module's own forward, traced as it is; the map as the frozen-feature
+    detectors' ``localize`` makes it (bilinear upsampling, Gaussian smoothing).
+
+    Parameters
+    ----------
+    module : skad.nn.frozen.FrozenPatchModule
+        Returns ``score`` and ``distances``.
+    image_size : int
+        Side of the input images.
+    sigma : float
+        Gaussian smoothing of the map, in pixels.
+    """
+
+    output_names = ("anomaly_score", "anomaly_map")
+
+    def __init__(self, module, image_size, sigma):
+        super().__init__()
+        self.module = module
+        self.image_size = int(image_size)
+        self.sigma = float(sigma)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.module(x)
+        size = (self.image_size, self.image_size)
+        return out.score.float(), smoothed_map(out.distances.float(), size, self.sigma)
 
 
 class PatchCoreGraph(nn.Module):
