@@ -278,8 +278,9 @@ def _module_node(writer, module):
         if tensor is None:
             continue
         tensors[name] = writer.tensor(tensor)
-        if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last) \
-                and not tensor.is_contiguous():
+        if tensor.stride() != torch.empty(tensor.shape, device="meta").stride():
+            # Compare strides, not ``is_contiguous``: a 1x1 convolution's weight counts
+            # as contiguous in both layouts, yet oneDNN picks its kernel from the strides.
             layouts[name] = list(tensor.stride())
         if isinstance(tensor, torch.nn.Parameter) and not tensor.requires_grad:
             frozen.append(name)

@@ -131,3 +131,21 @@ def test_training_progress_switches_to_the_boundary_phase(data):
     X, y, _ = data
     det = BoundaryGuidedDetector(**TINY, boundary_start=0.5).fit(X, y)
     assert det.net_.criterion_.progress >= 0.5
+
+
+@pytest.mark.parametrize("top_k, expect_anomalies", [(0.1, True), (None, False)])
+def test_maskless_anomalies_are_left_out_without_a_top_k(data, monkeypatch, top_k,
+                                                         expect_anomalies):
+    X, y, _ = data
+    seen = []
+    getitems = FlowTrainingSet.__getitems__
+
+    def spy(self, items):
+        seen.extend(int(i) for i, _ in items)
+        return getitems(self, items)
+
+    monkeypatch.setattr(FlowTrainingSet, "__getitems__", spy)
+    BoundaryGuidedDetector(**TINY, anomaly_top_k=top_k).fit(X, y)
+    labelled = set(np.flatnonzero(y == -1))
+    assert bool(labelled & set(seen)) == expect_anomalies
+    assert set(seen) - labelled  # unlabelled images always train

@@ -199,7 +199,10 @@ def _bgad_rows(name):
 register("BGAD", _bgad(), _bgad_rows("BGAD"))
 register("BGAD ML only", _bgad(labels=False, lam=0.0, pseudo_anomalies=None),
          _bgad_rows("BGAD ML only"))
-register("BGAD + boundary", _bgad(anomaly_top_k=None), _bgad_rows("BGAD + boundary"))
+# The ablation ladder: an unsupervised flow; + the boundary loss on Perlin pseudo-anomalies
+# (labels unused); + the labels' multiple-instance rule ("BGAD", the default); + reweighting.
+register("BGAD + boundary", _bgad(anomaly_top_k=None, pseudo_anomalies="perlin"),
+         _bgad_rows("BGAD + boundary"))
 register("BGAD + reweighting", _bgad(divergence="alpha"), _bgad_rows("BGAD + reweighting"))
 BGAD_ABLATIONS = ["BGAD ML only", "BGAD + boundary", "BGAD", "BGAD + reweighting"]
 

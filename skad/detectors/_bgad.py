@@ -493,10 +493,9 @@ class BoundaryGuidedDetector(FrozenFeatureDetector, TrainedDetector):
         sampler_target = np.r_[target, np.ones(len(pseudo_masks), dtype=target.dtype)]
         all_masks = {**labelled, **{n + k: m for k, m in enumerate(pseudo_masks)}}
         if self.anomaly_top_k is None:  # mask-less labelled anomalies are left out
-            keep = [i for i in range(len(sampler_target))
-                    if sampler_target[i] == 0 or i in all_masks]
-            sampler_target = np.where(np.isin(np.arange(len(sampler_target)), keep),
-                                      sampler_target, -1)
+            maskless = (sampler_target == 1) & ~np.isin(np.arange(len(sampler_target)),
+                                                        list(all_masks))
+            sampler_target = np.where(maskless, -1, sampler_target)
         self._standardize(cache, target)
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         dataset = FlowTrainingSet(
