@@ -208,18 +208,38 @@ TINY = dict(backbone="test_efficientnet", pretrained=False, image_size=32, max_e
 
 
 @pytest.fixture(scope="module")
-def inspection_set():
-    """An MVTec-style set: textures with drawn defects; train (5% contaminated, 4 labelled
-    defects), 99 held-out good parts for calibration, 120 new good parts, a validation set."""
-    from skad.datasets import make_defect_images
+def inspection_set(tmp_path_factory):
+    """An MVTec-style folder written as PNGs and read back with ``load_mvtec``: textures with
+    drawn defects; ``train/good`` 5% contaminated (4 unnoticed defects among 84 parts), 4
+    labelled defects, 99 held-out good parts for calibration, 120 new good parts and a
+    labelled validation set (40 good, 36 defects)."""
+    from PIL import Image
 
-    good = make_defect_images(339, image_size=32, anomaly_ratio=0.0, random_state=1).images
-    bad = make_defect_images(44, image_size=32, anomaly_ratio=1.0, random_state=2).images
-    X_train = np.r_[good[:80], bad[:4], bad[4:8]]
-    y_train = np.r_[np.ones(80), -np.ones(4), np.ones(4)].astype(int)  # 4 contaminants
-    X_val = np.r_[good[299:339], bad[8:44]]
+    from skad.datasets import load_mvtec, make_defect_images
+
+    good = make_defect_images(339, image_size=32, anomaly_ratio=0.0, random_state=1)
+    bad = make_defect_images(44, image_size=32, anomaly_ratio=1.0, random_state=2)
+    category = tmp_path_factory.mktemp("inspection") / "brick"
+    folders = {"train/good": np.r_[good.images[:80], bad.images[4:8]],
+               "test/good": good.images[80:], "test/crack": bad.images[np.r_[:4, 8:44]]}
+    for folder, images in folders.items():
+        (category / folder).mkdir(parents=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(category / folder / f"{i:03d}.png")
+    (category / "ground_truth/crack").mkdir(parents=True)
+    for i, mask in enumerate(bad.masks[np.r_[:4, 8:44]]):
+        Image.fromarray(mask.astype(np.uint8) * 255).save(
+            category / f"ground_truth/crack/{i:03d}_mask.png")
+
+    train = load_mvtec(category.parent, "brick", split="train", return_arrays=True)
+    test = load_mvtec(category.parent, "brick", split="test", return_arrays=True)
+    np.testing.assert_array_equal(train.images, folders["train/good"])  # PNG is lossless
+    test_good, test_bad = test.images[test.target == 1], test.images[test.target == -1]
+    X_train = np.r_[train.images, test_bad[:4]]  # the user's 4 known defects, labelled
+    y_train = np.r_[train.target, -np.ones(4, dtype=int)]
+    X_val = np.r_[test_good[219:], test_bad[4:]]
     y_val = np.r_[np.ones(40), -np.ones(36)].astype(int)
-    return dict(train=(X_train, y_train), calibration=good[80:179], new=good[179:299],
+    return dict(train=(X_train, y_train), calibration=test_good[:99], new=test_good[99:219],
                 val=(X_val, y_val))
 
 
