@@ -25,7 +25,8 @@ MAIN = ["BGAD", "BGAD (log_likelihood map)", "PatchCore", "PaDiM"]
 
 def _table(df, index, columns="model"):
     """``mean +- std (n)`` of the AUROC per ``index`` row and ``columns`` column."""
-    agg = df.groupby([index, columns], sort=False, observed=True)["auroc"].agg(["mean", "std", "count"])
+    groups = df.groupby([index, columns], sort=False, observed=True)
+    agg = groups["auroc"].agg(["mean", "std", "count"])
     cells = agg.apply(lambda r: f"{r['mean']:.3f} ± {r['std']:.3f} ({r['count']:.0f})", axis=1)
     return cells.unstack(columns)
 
