@@ -108,7 +108,14 @@ API_SECTIONS = [
     ("Metrics", ["skad.metrics"], "Image- and pixel-level evaluation."),
     ("Datasets", ["skad.datasets"], "Loaders (offline) and toy generators."),
     ("Model selection", ["skad.model_selection"],
-     "The contaminated few-labelled-anomalies split (:doc:`guide/elpv`)."),
+     "The contaminated few-labelled-anomalies split (:doc:`guide/elpv`) and the "
+     "cross-validation splitter that keeps labelled anomalies in every fold "
+     "(:doc:`guide/model_selection`)."),
+    ("Thresholds", ["skad.thresholds"],
+     "Thresholds from held-out images: a false-alarm budget, the best F1, normalised scores "
+     "(:doc:`guide/thresholds`)."),
+    ("Pipelines", ["skad.pipeline"],
+     "``localize`` and the final detector through a Pipeline ending in one."),
     ("Pseudo-anomaly synthesis", ["skad.synthesis"],
      "Batches of image tensors in, batches out; explicit ``torch.Generator`` everywhere."),
     ("Losses", ["skad.losses"], "Pure tensor functions."),
@@ -121,6 +128,9 @@ API_SECTIONS = [
      "scikit-learn or skorch."),
     ("Persistence", ["skad.persistence"],
      "Saving and loading fitted detectors (:doc:`guide/persistence`)."),
+    ("Export", ["skad.export"],
+     "ONNX models of the detectors' scoring (``pip install skad[export]``, "
+     ":doc:`guide/export`)."),
     ("Plotting", ["skad.plotting"], "Matplotlib helpers (``pip install skad[plot]``)."),
     ("Command line", ["skad.cli"], "The ``skad`` command (:doc:`guide/cli`)."),
 ]

@@ -2,8 +2,8 @@
 
 Labels use predict's codes (-1 known anomaly, +1 unlabelled), so
 ``scoring="roc_auc"`` ranks by how well ``decision_function`` separates the
-labelled anomalies from the rest, and ``StratifiedKFold`` keeps a few labelled
-anomalies in every fold.
+labelled anomalies from the rest, and ``LabelledAnomalyKFold`` keeps a few
+labelled anomalies in every fold (or says how many folds the labels allow).
 
 Run::
 
@@ -16,9 +16,10 @@ images by the tests.
 import argparse
 
 import numpy as np
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV
 
 from skad import AdaptiveDeviationDetector
+from skad.model_selection import LabelledAnomalyKFold
 
 PARAM_GRID = {"lam": [0.1, 1.0], "alpha": [0.1, 0.5], "gamma": [5.0]}
 
@@ -29,7 +30,7 @@ def grid_search(X, y, param_grid=PARAM_GRID, n_splits=3, random_state=0, **detec
         AdaptiveDeviationDetector(random_state=random_state, **detector_params),
         param_grid,
         scoring="roc_auc",
-        cv=StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state),
+        cv=LabelledAnomalyKFold(n_splits=n_splits, shuffle=True, random_state=random_state),
         error_score="raise",
     )
     return search.fit(X, y)

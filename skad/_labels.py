@@ -9,8 +9,11 @@ import numpy as np
 __all__ = ["is_anomaly_from_labels"]
 
 
-def is_anomaly_from_labels(y_true):
-    """Return a boolean ``is_anomaly`` array from -1/+1 or boolean labels."""
+def is_anomaly_from_labels(y_true, *, both_classes=True):
+    """Return a boolean ``is_anomaly`` array from -1/+1 or boolean labels.
+
+    ``both_classes=True`` (the metrics' case) refuses labels of one class only.
+    """
     y = np.asarray(y_true)
     if y.ndim != 1:
         raise ValueError(
@@ -41,6 +44,8 @@ def is_anomaly_from_labels(y_true):
             )
         is_anomaly = y == -1
     n_anomalies = int(is_anomaly.sum())
+    if not both_classes:
+        return is_anomaly
     if n_anomalies == 0 or n_anomalies == is_anomaly.shape[0]:
         present = "anomalies" if n_anomalies else "normal samples"
         raise ValueError(

@@ -6,7 +6,9 @@ Subcommands:
   (offline, 10% contamination, 10 labelled anomalies), print AUROC / AUPRC next
   to a label-free nearest-neighbour reference, and write a report folder;
 - ``skad fit``: train a detector on a folder of images and save it;
-- ``skad score``: score a folder of images with a saved detector (CSV, maps);
+- ``skad score``: score a folder of images with a saved detector (CSV, maps),
+  at a given threshold or one calibrated on a folder of good images;
+- ``skad export``: write a saved detector's scoring as an ONNX model;
 - ``skad benchmark``: run :mod:`skad.benchmarks.elpv` or
   :mod:`skad.benchmarks.throughput`.
 
@@ -58,23 +60,25 @@ class CommandError(Exception):
 def _common_options(defaults=None):
     """``--device --image-size --epochs --seed`` (+ hidden tiny-model options)."""
     defaults = defaults or {}
+    # without a default of its own the option keeps the detector's (its docstring says which)
+    shown = "%(default)s" if defaults else "the detector's"
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("common options")
     group.add_argument("--device", default=defaults.get("device"),
                        help="'auto' (CUDA when available), 'cpu' or 'cuda[:N]' "
-                            "(default: %(default)s)")
+                            "(default: " + shown + ")")
     group.add_argument("--image-size", type=int, default=defaults.get("image_size"),
-                       help="side of the square images the network sees (default: %(default)s)")
+                       help="side of the square images the network sees (default: " + shown + ")")
     group.add_argument("--epochs", type=int, default=defaults.get("epochs"),
-                       help="training epochs (default: %(default)s)")
+                       help="training epochs (default: " + shown + ")")
     group.add_argument("--seed", type=int, default=defaults.get("seed"),
-                       help="random seed of the split and the detector (default: %(default)s)")
+                       help="random seed of the split and the detector (default: " + shown + ")")
     group.add_argument("--steps", type=int, default=defaults.get("steps"),
-                       help="batches per epoch (default: %(default)s)")
+                       help="batches per epoch (default: " + shown + ")")
     group.add_argument("--batch-size", type=int, default=defaults.get("batch_size"),
-                       help="images per batch (default: %(default)s)")
+                       help="images per batch (default: " + shown + ")")
     group.add_argument("--lr", type=float, default=defaults.get("lr"),
-                       help="learning rate (default: %(default)s)")
+                       help="learning rate (default: " + shown + ")")
     # tiny random-weight backbones for tests and smoke runs
     group.add_argument("--backbone", default=None, help=argparse.SUPPRESS)
     group.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False,
@@ -123,8 +127,10 @@ def build_parser():
     fit.add_argument("--data", required=True, metavar="DIR", help="training images")
     fit.add_argument("--labeled", metavar="DIR",
                      help="folder of known anomalies (images directly inside or in subfolders)")
-    fit.add_argument("--detector", default="adl", choices=sorted(DETECTORS),
-                     help="detector (default: %(default)s)")
+    fit.add_argument("--detector", default="padim", choices=sorted(DETECTORS),
+                     help="detector (default: %(default)s: training-free, the best on ELPV, "
+                          "fits 1,000 images in under a minute on a CPU; see the guide's "
+                          "'Which detector?')")
     fit.add_argument("--out", default="model.skad", metavar="FILE",
                      help="model file to write (default: %(default)s)")
     fit.add_argument("--normal", default="good",
@@ -155,6 +161,16 @@ def build_parser():
                        help="also write one grayscale anomaly-map PNG per image here")
     score.add_argument("--normal", default="good",
                        help="name of the folder of normal images in a tree (default: %(default)s)")
+    threshold = score.add_mutually_exclusive_group()
+    threshold.add_argument("--threshold", type=float, metavar="T",
+                           help="predict an anomaly when anomaly_score > T (default: the "
+                                "model's threshold)")
+    threshold.add_argument("--max-fpr", type=float, metavar="RATE",
+                           help="set the threshold on --calibration's good images so that at "
+                                "most this share of good images is flagged (e.g. 0.01)")
+    score.add_argument("--calibration", metavar="DIR",
+                       help="held-out good images for --max-fpr (a plain folder, or a tree "
+                            "whose --normal folder is used)")
     score.add_argument("--batch-size", type=int, default=64,
                        help="images scored at once (default: %(default)s)")
     score.add_argument("--trusted", action="store_true",
@@ -163,6 +179,25 @@ def build_parser():
     score.add_argument("-v", "--verbose", action="store_true",
                        help="list the files and folders that were skipped, and why")
     score.set_defaults(func=_cmd_score)
+
+    export = commands.add_parser(
+        "export", help="write a saved detector's scoring as an ONNX model",
+        description="Export a saved detector (skad fit's model file) with "
+                    "skad.export.to_onnx: its score (and anomaly map) as one ONNX graph, "
+                    "checked against skad's own scores with onnxruntime. Needs the 'export' "
+                    "extra (pip install 'skad[export]').",
+    )
+    export.add_argument("--model", required=True, metavar="FILE", help="model file from skad fit")
+    export.add_argument("--out", default="model.onnx", metavar="FILE",
+                        help="ONNX file to write (default: %(default)s)")
+    export.add_argument("--format", default="onnx", choices=["onnx"],
+                        help="export format (default: %(default)s)")
+    export.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="fix the model's batch size (default: any batch size; "
+                             "BoundaryGuidedDetector needs one, e.g. 1)")
+    export.add_argument("--trusted", action="store_true",
+                        help="load model files that fail skad's checks (see skad score)")
+    export.set_defaults(func=_cmd_export)
 
     bench = commands.add_parser(
         "benchmark", help="run a benchmark (elpv, throughput)",
@@ -446,9 +481,11 @@ def _batches(X, batch_size, desc):
 def _cmd_score(args):
     import numpy as np
 
+    from ._cli_thresholds import apply_threshold, check_threshold_options
     from ._report import MapWriter, write_scores_csv
     from .metrics import image_auprc, image_auroc
     from .persistence import load
+    from .pipeline import final_detector, localize
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1; got {args.batch_size}.")
@@ -456,18 +493,28 @@ def _cmd_score(args):
     if args.maps and Path(args.maps).exists() and not Path(args.maps).is_dir():
         raise CommandError(
             f"--maps {args.maps!r} is a file; pass a folder (it is created if missing).")
+    check_threshold_options(args)
     det = load(args.model, trusted=args.trusted)
     for method in ("score_samples", "predict"):
         if not hasattr(det, method):
             raise CommandError(f"{args.model!r} holds a {type(det).__name__}, not a detector.")
+    detector = final_detector(det)  # a saved pipeline's last step holds offset_ and localize
     writer = MapWriter(args.maps) if args.maps else None
-    if writer is not None and not hasattr(det, "localize"):
-        raise CommandError(f"{type(det).__name__} has no localize method; drop --maps.")
+    if writer is not None and not hasattr(detector, "localize"):
+        raise CommandError(f"{type(detector).__name__} has no localize method; drop --maps.")
     data = _collect(args.data, option="--data", normal=args.normal, split="test")
     paths, target, root = data.paths, data.target, data.root
     _decode_all(paths, "--data")
     _report_read(len(paths), data.skipped, args.verbose)
-    offset = getattr(det, "offset_", None)
+    calibration = None
+    if args.calibration is not None:
+        cal = _collect(args.calibration, option="--calibration", normal=args.normal,
+                       split="test")
+        _decode_all(cal.paths, "--calibration")
+        calibration = (cal.paths, cal.target)
+    if (message := apply_threshold(det, args, calibration)) is not None:
+        print(message)
+    offset = getattr(detector, "offset_", None)
     scores, predictions = [], []
     for _, batch in _batches(paths, args.batch_size, "scoring"):
         scores.append(det.score_samples(batch))
@@ -475,7 +522,7 @@ def _cmd_score(args):
                            else np.where(scores[-1] - offset < 0, -1, 1))
         if writer is not None:
             names = [Path(p).relative_to(root) for p in batch]
-            writer.write(det.localize(batch), names)
+            writer.write(localize(det, batch), names)
     normality = np.concatenate(scores)
     columns = {"path": paths, "anomaly_score": -normality,
                "prediction": np.concatenate(predictions)}
@@ -489,6 +536,24 @@ def _cmd_score(args):
     if target is not None and len(set(np.asarray(target).tolist())) == 2:
         print(f"AUROC {image_auroc(target, -normality):.3f}, "
               f"AUPRC {image_auprc(target, -normality):.3f} (labels from the folder names)")
+    return 0
+
+
+def _cmd_export(args):
+    from .export import to_onnx
+    from .persistence import load
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CommandError(f"--batch-size must be at least 1; got {args.batch_size}.")
+    out = _output_file("--out", args.out, "model.onnx")
+    det = load(args.model, trusted=args.trusted)
+    try:
+        to_onnx(det, out, batch_size=args.batch_size)
+    except (TypeError, RuntimeError) as exc:
+        # a pipeline, a detector without an export graph, or a failed parity check
+        raise CommandError(str(exc)) from None
+    print(f"Exported {type(det).__name__} to {args.out} (onnxruntime outputs checked against "
+          "skad's)")
     return 0
 
 

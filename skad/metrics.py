@@ -11,21 +11,25 @@ All metrics take numpy arrays and return a Python :class:`float`. The
   defect masks and anomaly maps (higher = more anomalous, as returned by
   ``detector.localize(X)``), both of shape ``(n_images, height, width)``.
 
-:func:`evaluate` computes all of them for a fitted detector, and
-:data:`anomaly_auprc_scorer` is a scorer usable as
-``GridSearchCV(scoring=anomaly_auprc_scorer)``.
+:func:`evaluate` computes all of them for a fitted detector (or a pipeline
+ending in one), and :data:`anomaly_auprc_scorer` and :data:`anomaly_auroc_scorer`
+are scorers usable as ``GridSearchCV(scoring=anomaly_auprc_scorer)``.
 
-This module deliberately depends on numpy, scipy, pandas and scikit-learn only.
+This module deliberately depends on numpy, scipy, pandas and scikit-learn only
+(:mod:`skad.pipeline`, which it reads pipelines with, imports no more).
 """
 
 import numbers
+import warnings
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import average_precision_score, make_scorer
 
 from ._labels import is_anomaly_from_labels
+from .pipeline import final_detector, localize
 
 __all__ = [
     "image_auroc",
@@ -34,6 +38,7 @@ __all__ = [
     "aupro",
     "evaluate",
     "anomaly_auprc_scorer",
+    "anomaly_auroc_scorer",
 ]
 
 # 8-connectivity, as in the official MVTec AD evaluation code
@@ -516,7 +521,10 @@ def evaluate(detector, X, y, masks=None, *, max_fpr=0.3):
         Fitted detector following skad's contract: ``score_samples(X)``
         (higher = more normal) and, if ``masks`` is given,
         ``localize(X)`` returning anomaly maps of shape
-        ``(n_images, height, width)`` (higher = more anomalous).
+        ``(n_images, height, width)`` (higher = more anomalous). A
+        :class:`~sklearn.pipeline.Pipeline` whose last step is such a
+        detector works too: its transformers are applied first
+        (:func:`skad.pipeline.localize`).
 
     X : array-like
         Test images, in whatever format ``detector`` accepts.
@@ -537,7 +545,8 @@ def evaluate(detector, X, y, masks=None, *, max_fpr=0.3):
     results : pandas.Series
         ``image_auroc`` and ``image_auprc`` computed on
         ``-detector.score_samples(X)``, plus ``pixel_auroc`` and ``aupro``
-        when ``masks`` is given. Named after the detector's class.
+        when ``masks`` is given. Named after the detector's class (a
+        pipeline's final step's).
 
     See Also
     --------
@@ -561,15 +570,40 @@ def evaluate(detector, X, y, masks=None, *, max_fpr=0.3):
         "image_auprc": image_auprc(y, anomaly_scores),
     }
     if masks is not None:
-        maps = detector.localize(X)
+        maps = localize(detector, X)
         results["pixel_auroc"] = pixel_auroc(masks, maps)
         results["aupro"] = aupro(masks, maps, max_fpr=max_fpr)
-    return pd.Series(results, name=type(detector).__name__, dtype=np.float64)
+    return pd.Series(results, name=type(final_detector(detector)).__name__, dtype=np.float64)
+
+
+def _undefined_on_one_class(y_true):
+    """Warn and return True when a scorer's fold holds one class only (its score is NaN)."""
+    is_anomaly = is_anomaly_from_labels(y_true, both_classes=False)
+    n_anomalies = int(is_anomaly.sum())
+    if 0 < n_anomalies < is_anomaly.shape[0]:
+        return False
+    what = "no anomaly (-1)" if n_anomalies == 0 else "no normal image (+1)"
+    warnings.warn(
+        f"A validation fold of {is_anomaly.shape[0]} images has {what}; its score is NaN. "
+        "Cross-validate with cv=skad.model_selection.LabelledAnomalyKFold(n_splits), which "
+        "keeps labelled anomalies in every fold (or raises saying why it cannot).",
+        UndefinedMetricWarning, stacklevel=2,
+    )
+    return True
 
 
 def _anomaly_auprc_from_score_samples(y_true, score_samples):
     """Anomaly-class average precision from ``score_samples`` (higher = normal)."""
+    if _undefined_on_one_class(y_true):
+        return np.nan
     return image_auprc(y_true, -np.asarray(score_samples, dtype=np.float64))
+
+
+def _anomaly_auroc_from_score_samples(y_true, score_samples):
+    """Image AUROC from ``score_samples`` (higher = normal)."""
+    if _undefined_on_one_class(y_true):
+        return np.nan
+    return image_auroc(y_true, -np.asarray(score_samples, dtype=np.float64))
 
 
 # ``make_scorer`` only validates a *string* response_method against the
@@ -582,6 +616,21 @@ anomaly_auprc_scorer.__doc__ = """Scorer: average precision of the anomaly class
 Calls ``estimator.score_samples(X)`` (higher = more normal) and returns
 ``image_auprc(y, -estimator.score_samples(X))``, with ``y`` in ``-1`` (anomaly)
 / ``+1`` (normal) or boolean (``True`` = anomaly). Higher is better, so it can
-be passed directly as ``GridSearchCV(..., scoring=anomaly_auprc_scorer)``. Use
-a stratified splitter so that every test fold contains anomalies.
+be passed directly as ``GridSearchCV(..., scoring=anomaly_auprc_scorer)``. A
+fold with one class only scores NaN with an
+:class:`~sklearn.exceptions.UndefinedMetricWarning` that names
+:class:`skad.model_selection.LabelledAnomalyKFold`, the splitter that keeps
+anomalies in every fold.
+"""
+
+anomaly_auroc_scorer = make_scorer(
+    _anomaly_auroc_from_score_samples, response_method=("score_samples",)
+)
+anomaly_auroc_scorer.__doc__ = """Scorer: image AUROC with the anomaly as positive class.
+
+``image_auroc(y, -estimator.score_samples(X))``; the same ranking as
+``scoring="roc_auc"`` on a skad detector, but a fold with one class only
+scores NaN with an :class:`~sklearn.exceptions.UndefinedMetricWarning` naming
+:class:`skad.model_selection.LabelledAnomalyKFold` (scikit-learn's
+``"roc_auc"`` warns without saying what to do).
 """

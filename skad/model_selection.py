@@ -1,15 +1,112 @@
-"""Train / test splits for anomaly detection with contaminated training data."""
+"""Splits for anomaly detection with contaminated training data and a few labelled anomalies.
+
+:func:`contaminated_split` builds the training and test sets of the DevNet /
+DRA / ADL protocol; :class:`LabelledAnomalyKFold` is the cross-validation
+splitter for ``GridSearchCV`` and ``cross_val_score`` on such a training set,
+which keeps labelled anomalies in every fold.
+"""
 
 import math
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.utils import Bunch, check_random_state
 
 from ._image_sets import add_gaussian_noise, check_image_set, check_same_layout, take
+from ._labels import is_anomaly_from_labels
 
-__all__ = ["contaminated_split", "n_contaminants"]
+__all__ = ["LabelledAnomalyKFold", "contaminated_split", "n_contaminants"]
+
+
+class LabelledAnomalyKFold(StratifiedKFold):
+    """K-fold cross-validation that keeps labelled anomalies in every fold.
+
+    A :class:`~sklearn.model_selection.StratifiedKFold` on "labelled anomaly
+    or not" that refuses, with a message saying what to change, to make a
+    fold without a labelled anomaly (or without an unlabelled image), where
+    ``roc_auc`` and average precision are undefined: ``GridSearchCV`` would
+    record NaN for that fold. Detectors are outlier detectors, not
+    classifiers, so ``GridSearchCV(det, ..., cv=3)`` splits with an
+    unstratified :class:`~sklearn.model_selection.KFold`; pass
+    ``cv=LabelledAnomalyKFold(3)`` instead.
+
+    Each validation fold holds ``n_anomalous / n_splits`` labelled
+    anomalies (rounded), and each training fold the others, so that both
+    the fit and the score see labelled anomalies.
+
+    Parameters
+    ----------
+    n_splits : int, default=5
+        Number of folds, at least 2 and at most the number of labelled
+        anomalies.
+    shuffle : bool, default=False
+        Shuffle each class before splitting (see
+        :class:`~sklearn.model_selection.StratifiedKFold`).
+    random_state : int, RandomState instance or None, default=None
+        Controls the shuffling when ``shuffle=True``.
+
+    See Also
+    --------
+    sklearn.model_selection.StratifiedKFold : What this splitter is, plus the checks.
+    contaminated_split : The training and test sets this splitter cross-validates on.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skad.model_selection import LabelledAnomalyKFold
+    >>> y = np.r_[np.ones(9), -np.ones(3)].astype(int)
+    >>> [int((y[test] == -1).sum()) for _, test in LabelledAnomalyKFold(3).split(y, y)]
+    [1, 1, 1]
+    >>> next(LabelledAnomalyKFold(4).split(y, y))
+    Traceback (most recent call last):
+    ...
+    ValueError: y has 3 labelled anomalies (-1) but n_splits=4: every validation fold needs \
+one. Pass LabelledAnomalyKFold(n_splits=3) or fewer, or label more anomalies.
+    """
+
+    def split(self, X, y, groups=None):
+        """Generate indices of the training and validation rows of each fold.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...) or sequence of paths
+            Training data; only its length is used.
+        y : array-like of shape (n_samples,)
+            ``-1`` for a labelled anomaly, ``+1`` for an unlabelled image.
+        groups : object
+            Ignored.
+
+        Yields
+        ------
+        train : ndarray
+            Training rows of the fold.
+        test : ndarray
+            Validation rows of the fold.
+        """
+        if y is None:
+            raise ValueError(
+                "LabelledAnomalyKFold needs y (-1 labelled anomaly, +1 unlabelled) to keep "
+                "labelled anomalies in every fold; pass split(X, y), or GridSearchCV.fit(X, y)."
+            )
+        is_anomaly = is_anomaly_from_labels(y, both_classes=False)
+        n_anomalous = int(is_anomaly.sum())
+        n_other = len(is_anomaly) - n_anomalous
+        if n_anomalous == 0:
+            raise ValueError(
+                "y has no labelled anomaly (-1), so no fold can be scored by roc_auc or "
+                "average precision. Label some anomalies, or select parameters without "
+                "cross-validation (e.g. on a held-out labelled set)."
+            )
+        for count, what, fix in ((n_anomalous, "labelled anomalies (-1)", "label more anomalies"),
+                                 (n_other, "unlabelled images (+1)", "pass more images")):
+            if count < self.n_splits:
+                raise ValueError(
+                    f"y has {count} {what} but n_splits={self.n_splits}: every validation fold "
+                    f"needs one. Pass LabelledAnomalyKFold(n_splits={count}) or fewer, or "
+                    f"{fix}."
+                )
+        yield from super().split(X, is_anomaly, groups)
 
 # Guards the floor in n_contaminants against r / (1 - r) * n landing just below an integer.
 _FLOOR_TOLERANCE = 1e-9

@@ -55,65 +55,136 @@ def _resize_map(anomaly_map, shape):
     return resized[: shape[0], : shape[1]]
 
 
+def _as_maps(anomaly_map):
+    """``(maps, batch)``: a list of finite 2-D float32 maps, and whether a batch was given."""
+    if isinstance(anomaly_map, (list, tuple)):
+        maps, batch = [np.asarray(m, dtype=np.float32) for m in anomaly_map], True
+    else:
+        array = np.asarray(anomaly_map, dtype=np.float32)
+        batch = array.ndim == 3
+        maps = list(array) if batch else [array]
+    for m in maps:
+        if m.ndim != 2:
+            raise ValueError(
+                f"anomaly_map must be one map of shape (H, W) or a batch (n, H, W) as returned "
+                f"by localize(X); got a map of shape {m.shape}. For one image, pass maps[i]."
+            )
+        if not np.isfinite(m).all():
+            raise ValueError("anomaly_map contains NaN or inf; pass finite maps.")
+    if not maps:
+        raise ValueError("anomaly_map is an empty batch; pass at least one map.")
+    return maps, batch
+
+
+def _as_images(image, n):
+    """``n`` images for ``n`` maps: the batch's rows, or one image for one map."""
+    if n == 1 and not isinstance(image, (list, tuple)):
+        array = np.asarray(image)
+        if not (array.ndim >= 3 and array.shape[0] == 1 and array.ndim in (3, 4)
+                and (array.ndim == 4 or array.shape[-1] not in (1, 3))):
+            return [array]  # one image for one map
+    if not isinstance(image, (list, tuple)) and np.ndim(image) < 3:
+        raise ValueError(
+            f"image is one image of shape {np.shape(image)} but anomaly_map holds {n} maps; "
+            "pass one image per map (X[i] with maps[i], or X with localize(X))."
+        )
+    images = list(image) if isinstance(image, (list, tuple)) else list(np.asarray(image))
+    if len(images) != n:
+        raise ValueError(
+            f"anomaly_map holds {n} maps but image holds {len(images)} images; pass one image "
+            "per map (X[i] with maps[i], or X with localize(X))."
+        )
+    return images
+
+
+def _overlay_axes(ax, n):
+    if ax is None:
+        if n == 1:
+            return [_axes(None)]
+        plt = import_optional("matplotlib.pyplot", extra="plot", purpose="skad.plotting",
+                              package="matplotlib")
+        _, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
+        return list(axes.ravel())
+    axes = list(np.ravel(np.asarray(ax, dtype=object)))
+    if len(axes) != n:
+        raise ValueError(f"ax holds {len(axes)} axes for {n} maps; pass one Axes per map.")
+    return axes
+
+
 def plot_overlay(image, anomaly_map, ax=None, *, alpha=0.5, cmap="jet", vmin=None, vmax=None,
-                 title=None, colorbar=False):
-    """Draw an anomaly map as a translucent heatmap over its image.
+                 threshold=None, title=None, colorbar=False):
+    """Draw anomaly maps as translucent heatmaps over their images, on one colour scale.
+
+    One image and its map, or a batch (``X`` and ``localize(X)``): every map
+    of a call is drawn on the same colour scale, from the smallest to the
+    largest value of all of them, so that a good part shown next to a
+    defective one looks cold where it is cold. (Each map on its own range
+    would make every part look hot somewhere.) Pass ``vmin`` and ``vmax`` to
+    keep one scale across calls, e.g. ``0`` and a value calibrated on good
+    parts.
 
     Parameters
     ----------
-    image : array-like of shape (H, W), (H, W, C) or (C, H, W)
-        The image, uint8 or float in [0, 1], gray or RGB.
-    anomaly_map : array-like of shape (h, w)
-        Higher is more anomalous, as returned (per image) by a detector's
-        ``localize``; resized bilinearly to the image when the sizes differ.
-    ax : matplotlib Axes, default=None
-        Axes to draw on; a new figure when None.
+    image : array-like of shape (H, W), (H, W, C) or (C, H, W), or a batch
+        The image, uint8 or float in [0, 1], gray or RGB; with a batch of
+        maps, one image per map: an array ``(n, ...)`` or a list.
+    anomaly_map : array-like of shape (h, w) or (n, h, w), or a list of maps
+        Higher is more anomalous, as returned by a detector's ``localize``;
+        each is resized bilinearly to its image when the sizes differ.
+    ax : matplotlib Axes or sequence of Axes, default=None
+        Where to draw: one Axes per map (a single Axes for one map). A new
+        figure (one row of axes) when None.
     alpha : float, default=0.5
         Opacity of the heatmap.
     cmap : str, default="jet"
         Colormap of the heatmap.
     vmin, vmax : float, default=None
-        Colour limits of the heatmap; the map's own range when None. Pass
-        fixed limits (e.g. 0 and 1 for probabilities) to compare images.
-    title : str, default=None
-        Axes title.
+        Colour limits shared by every map of the call; when None, the
+        smallest and largest value over all the call's maps.
+    threshold : float, default=None
+        Draw the contour of the map at this value (e.g. a defect-mask
+        threshold) in white.
+    title : str or sequence of str, default=None
+        Axes title, or one title per map.
     colorbar : bool, default=False
-        Add a colorbar for the heatmap.
+        Add a colorbar (one per axes; they share the scale).
 
     Returns
     -------
-    ax : matplotlib Axes
-        The axes drawn on; ``ax.images`` holds the image then the heatmap.
+    ax : matplotlib Axes, or ndarray of Axes
+        The axes drawn on, one per map (an array when a batch was given);
+        ``ax.images`` holds the image then the heatmap.
 
     Examples
     --------
     >>> from skad.plotting import plot_overlay
-    >>> maps = det.localize(X[:1])  # doctest: +SKIP
-    >>> plot_overlay(X[0], maps[0], title="part 0")  # doctest: +SKIP
+    >>> maps = det.localize(X[:4])  # doctest: +SKIP
+    >>> plot_overlay(X[:4], maps, title=["part 0", "part 1", "part 2", "part 3"])  # doctest: +SKIP
     """
-    shown = _image_for_display(image)
-    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
-    if anomaly_map.ndim == 3 and anomaly_map.shape[0] == 1:
-        anomaly_map = anomaly_map[0]
-    if anomaly_map.ndim != 2:
-        raise ValueError(
-            f"anomaly_map must be one map of shape (H, W); got shape {anomaly_map.shape}. "
-            "For maps from localize(X), pass maps[i]."
-        )
-    if not np.isfinite(anomaly_map).all():
-        raise ValueError("anomaly_map contains NaN or inf; pass a finite map.")
-    anomaly_map = _resize_map(anomaly_map, shown.shape[:2])
-    ax = _axes(ax)
-    ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0.0, vmax=1.0,
-              interpolation="bilinear")
-    heat = ax.imshow(anomaly_map, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax,
-                     interpolation="bilinear")
-    if colorbar:
-        ax.figure.colorbar(heat, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_axis_off()
-    if title is not None:
-        ax.set_title(title)
-    return ax
+    maps, batch = _as_maps(anomaly_map)
+    images = [_image_for_display(im) for im in _as_images(image, len(maps))]
+    maps = [_resize_map(m, im.shape[:2]) for m, im in zip(maps, images)]
+    lo = min(float(m.min()) for m in maps) if vmin is None else float(vmin)
+    hi = max(float(m.max()) for m in maps) if vmax is None else float(vmax)
+    if hi <= lo:  # flat maps: a visible, still shared, range
+        hi = lo + max(abs(lo), 1.0) * 1e-6
+    titles = [title] * len(maps) if title is None or isinstance(title, str) else list(title)
+    if len(titles) != len(maps):
+        raise ValueError(f"title holds {len(titles)} titles for {len(maps)} maps.")
+    axes = _overlay_axes(ax, len(maps))
+    for axis, shown, heat_map, heading in zip(axes, images, maps, titles):
+        axis.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0.0, vmax=1.0,
+                    interpolation="bilinear")
+        heat = axis.imshow(heat_map, cmap=cmap, alpha=alpha, vmin=lo, vmax=hi,
+                           interpolation="bilinear")
+        if threshold is not None and heat_map.min() < threshold < heat_map.max():
+            axis.contour(heat_map, levels=[float(threshold)], colors="white", linewidths=1.0)
+        if colorbar:
+            axis.figure.colorbar(heat, ax=axis, fraction=0.046, pad=0.04)
+        axis.set_axis_off()
+        if heading is not None:
+            axis.set_title(heading)
+    return np.array(axes, dtype=object) if batch else axes[0]
 
 
 def plot_score_histogram(scores, y, ax=None, *, bins=30, threshold=None, density=False,

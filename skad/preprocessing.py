@@ -1,5 +1,6 @@
 """Transformers for contamination studies on image data."""
 
+import warnings
 from numbers import Real
 
 import numpy as np
@@ -80,8 +81,10 @@ class ContaminationInjector(TransformerMixin, BaseEstimator):
     Labelled rows (``y == -1``) are never replaced and ``y`` is not changed:
     the injected anomalies carry the label +1, as real contamination does.
     Anomalies are drawn without replacement while the pool lasts; if more
-    rows must be replaced than ``anomalies`` holds, the whole pool is used
-    once and the remainder is drawn with replacement.
+    rows must be replaced than ``anomalies`` holds, a ``UserWarning`` says
+    so, the whole pool is used once and the remainder is drawn with
+    replacement (the same anomaly then appears several times in the
+    training set, which a detector may learn by heart).
 
     ``X`` is never modified: arrays are copied before rows are replaced and
     path lists are returned as new lists.
@@ -150,6 +153,14 @@ class ContaminationInjector(TransformerMixin, BaseEstimator):
         n_injected = int(np.floor(self.contamination * len(unlabelled) + 0.5))
         rows = np.sort(rng.choice(unlabelled, size=n_injected, replace=False))
         n_pool = len(pool)
+        if n_injected > n_pool:
+            warnings.warn(
+                f"ContaminationInjector replaces {n_injected} rows (contamination="
+                f"{self.contamination} of {len(unlabelled)} unlabelled rows) but its pool "
+                f"'anomalies' holds {n_pool} images: {n_injected - n_pool} of them are injected "
+                "again. Pass at least that many anomalies, or contamination <= "
+                f"{n_pool / len(unlabelled):.3g}.", UserWarning, stacklevel=3,
+            )
         if n_injected <= n_pool:
             sources = rng.choice(n_pool, size=n_injected, replace=False)
         else:

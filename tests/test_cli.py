@@ -18,7 +18,9 @@ from skad.persistence import read_header
 TINY_OPTIONS = ["--backbone", "test_efficientnet", "--no-pretrained", "--image-size", "32",
                 "--epochs", "1", "--steps", "2", "--batch-size", "8", "--device", "cpu",
                 "--seed", "0"]
-ADL_TINY = TINY_OPTIONS + ["-p", "fuse_channels=8", "-p", "n_reference=500"]
+ADL_TINY = TINY_OPTIONS + ["--detector", "adl", "-p", "fuse_channels=8", "-p", "n_reference=500"]
+FROZEN_TINY = TINY_OPTIONS[:3] + ["--image-size", "32", "--batch-size", "8", "--device", "cpu",
+                                  "--seed", "0"]
 
 
 def _write_images(folder, images):
@@ -375,3 +377,98 @@ def test_benchmark_forwards_arguments_and_plots_elpv(tmp_path, monkeypatch, caps
                      ("tp", ["--repeats", "1"])]
     png = Image.open(f"{prefix}_auroc.png")
     assert png.size[0] > 300 and np.asarray(png).std() > 10
+
+
+def test_fit_defaults_to_a_detector_that_fits_on_a_cpu_and_help_shows_real_defaults(capsys):
+    args = cli.build_parser().parse_args(["fit", "--data", "parts"])
+    assert args.detector == "padim"  # training-free: the 'Which detector?' page's pick
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in " ".join(text.split())
+    assert "default: padim" in text and "(default: the detector's)" in " ".join(text.split())
+
+
+def test_score_at_a_given_threshold_or_one_calibrated_on_good_images(model, tree, tmp_path,
+                                                                       capsys):
+    plain, fixed, calibrated = (tmp_path / f"{n}.csv" for n in ("plain", "fixed", "cal"))
+    assert cli.main(["score", "--model", str(model), "--data", str(tree),
+                     "--out", str(plain)]) == 0
+    scores = pd.read_csv(plain).anomaly_score.to_numpy()
+    threshold = float(np.sort(scores)[-4] - 1e-6)  # flags the 4 highest
+    assert cli.main(["score", "--model", str(model), "--data", str(tree), "--out", str(fixed),
+                     "--threshold", repr(threshold)]) == 0
+    np.testing.assert_array_equal(pd.read_csv(fixed).prediction,
+                                  np.where(scores > threshold, -1, 1))
+    assert (pd.read_csv(fixed).prediction == -1).sum() == 4
+
+    capsys.readouterr()
+    assert cli.main(["score", "--model", str(model), "--data", str(tree), "--out",
+                     str(calibrated), "--max-fpr", "0.25", "--calibration", str(tree)]) == 0
+    printed = capsys.readouterr().out
+    assert "from 16 good images" in printed  # the tree's good/ only: labels are respected
+    from skad.thresholds import calibrate
+
+    good = sorted(str(p) for p in (tree / "good").glob("*.png"))
+    det = calibrate(skad.persistence.load(model), good, max_fpr=0.25)
+    df = pd.read_csv(calibrated)
+    np.testing.assert_array_equal(df.prediction, det.predict(list(df.path)))
+    flagged_good = int((df.prediction[df.label == 1] == -1).sum())
+    assert flagged_good == det.calibration_["false_alarms"] == 3  # floor(0.25 * 17) - 1
+
+
+def test_threshold_option_errors_name_the_fix(model, tree, capsys):
+    err = _error(capsys, ["score", "--model", str(model), "--data", str(tree),
+                          "--max-fpr", "0.01"])
+    assert "--max-fpr needs --calibration DIR" in err
+    err = _error(capsys, ["score", "--model", str(model), "--data", str(tree),
+                          "--calibration", str(tree)])
+    assert "--calibration needs --max-fpr" in err
+    err = _error(capsys, ["score", "--model", str(model), "--data", str(tree),
+                          "--max-fpr", "1.5", "--calibration", str(tree)])
+    assert "--max-fpr must be in (0, 1)" in err
+    with pytest.raises(SystemExit):  # argparse: not allowed with argument --threshold
+        cli.main(["score", "--model", str(model), "--data", str(tree), "--threshold", "1",
+                  "--max-fpr", "0.01", "--calibration", str(tree)])
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_a_saved_pipeline_scores_and_maps(tree, tmp_path):
+    from sklearn.pipeline import make_pipeline
+
+    from skad import ContaminationInjector, PatchCoreDetector
+    from skad.persistence import save
+    from skad.pipeline import localize
+
+    X, is_anomaly, _ = make_tiny_images(n_normal=16, n_anomalous=3, size=32, seed=2)
+    pipe = make_pipeline(
+        ContaminationInjector(X[is_anomaly], contamination=0.1, random_state=0),
+        PatchCoreDetector(backbone="test_efficientnet", pretrained=False, image_size=32,
+                          coreset_ratio=0.5, device="cpu", random_state=0),
+    ).fit(X[~is_anomaly], np.ones(16, dtype=int))
+    save(pipe, tmp_path / "pipe.skad")
+    out, maps = tmp_path / "pipe.csv", tmp_path / "maps"
+    assert cli.main(["score", "--model", str(tmp_path / "pipe.skad"), "--data", str(tree),
+                     "--out", str(out), "--maps", str(maps)]) == 0
+    df = pd.read_csv(out)
+    np.testing.assert_allclose(df.anomaly_score, -pipe.score_samples(list(df.path)),
+                               rtol=1e-5)
+    assert len(list(maps.rglob("*.png"))) == 19
+    assert localize(pipe, list(df.path[:1]))[0].shape == (32, 32)
+
+
+def test_export_writes_an_onnx_model_with_skads_scores(tree, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    model, onnx_file = tmp_path / "padim.skad", tmp_path / "padim.onnx"
+    assert cli.main(["fit", "--data", str(tree), "--out", str(model), "-p", "n_features=8",
+                     *FROZEN_TINY]) == 0
+    assert cli.main(["export", "--model", str(model), "--out", str(onnx_file)]) == 0
+    assert "Exported PaDiMDetector" in capsys.readouterr().out
+    det = skad.persistence.load(model)
+    X, _, _ = make_tiny_images(n_normal=5, n_anomalous=2, size=32, seed=4)
+    images = np.ascontiguousarray(X.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    score = session.run(None, {"images": images})[0]
+    np.testing.assert_allclose(score, -det.score_samples(X), rtol=1e-4)
+    err = _error(capsys, ["export", "--model", str(model), "--out", str(tmp_path)])
+    assert "--out" in err and "is a folder" in err

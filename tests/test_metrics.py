@@ -18,6 +18,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_sp
 import skad.metrics
 from skad.metrics import (
     anomaly_auprc_scorer,
+    anomaly_auroc_scorer,
     aupro,
     evaluate,
     image_auprc,
@@ -532,3 +533,25 @@ def test_docstring_examples():
     result = doctest.testmod(skad.metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_anomaly_auroc_scorer_is_roc_auc_of_the_anomaly_class():
+    from sklearn.metrics import get_scorer
+
+    X_train, X_test, y_train, y_test = _tabular_data()
+    est = IsolationForest(n_estimators=10, random_state=0).fit(X_train)
+    assert anomaly_auroc_scorer(est, X_test, y_test) == pytest.approx(
+        get_scorer("roc_auc")(est, X_test, y_test))
+
+
+@pytest.mark.parametrize("scorer", ["anomaly_auprc_scorer", "anomaly_auroc_scorer"])
+def test_scorers_on_a_one_class_fold_warn_naming_the_splitter(scorer):
+    from sklearn.exceptions import UndefinedMetricWarning
+
+    X_train, X_test, _, _ = _tabular_data()
+    est = IsolationForest(n_estimators=10, random_state=0).fit(X_train)
+    with pytest.warns(UndefinedMetricWarning, match=r"has no anomaly \(-1\).*"
+                                                    r"LabelledAnomalyKFold"):
+        assert np.isnan(getattr(skad.metrics, scorer)(est, X_test, np.ones(len(X_test))))
+    with pytest.warns(UndefinedMetricWarning, match="no normal image"):
+        assert np.isnan(getattr(skad.metrics, scorer)(est, X_test, -np.ones(len(X_test))))

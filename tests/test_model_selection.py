@@ -1,6 +1,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.model_selection import train_test_split
 
 from skad.datasets import load_elpv
@@ -269,3 +271,83 @@ def test_elpv_dra_split():
     )  # fmt: skip
     assert (cell_type[idx.labeled] == "mono").all()
     assert (y_test == -1).sum() == 402 and (cell_type[idx.anomalous_test] == "poly").all()
+
+
+# ------------------------------------------------------------ LabelledAnomalyKFold
+def test_labelled_anomaly_kfold_is_stratified_kfold_on_the_anomaly_flag():
+    from sklearn.model_selection import StratifiedKFold
+
+    from skad.model_selection import LabelledAnomalyKFold
+
+    y = np.ones(40, dtype=int)
+    y[[3, 9, 17, 22, 31, 38]] = -1
+    cv = LabelledAnomalyKFold(n_splits=3, shuffle=True, random_state=0)
+    folds = list(cv.split(np.zeros((40, 4, 4)), y))
+    reference = StratifiedKFold(3, shuffle=True, random_state=0).split(np.zeros(40), y == -1)
+    for (train, test), (ref_train, ref_test) in zip(folds, reference):
+        np.testing.assert_array_equal(test, ref_test)
+        np.testing.assert_array_equal(train, ref_train)
+        assert (y[test] == -1).sum() == 2 and (y[train] == -1).sum() == 4
+    assert cv.get_n_splits() == 3
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_splits=st.integers(2, 6), n_anomalous=st.integers(0, 12), n_other=st.integers(1, 40),
+       seed=st.integers(0, 1000))
+def test_labelled_anomaly_kfold_keeps_anomalies_in_every_fold_or_says_why(
+        n_splits, n_anomalous, n_other, seed):
+    from skad.model_selection import LabelledAnomalyKFold
+
+    y = np.random.RandomState(seed).permutation(np.r_[-np.ones(n_anomalous),
+                                                      np.ones(n_other)].astype(int))
+    cv = LabelledAnomalyKFold(n_splits, shuffle=True, random_state=seed)
+    if n_anomalous < n_splits or n_other < n_splits:
+        with pytest.raises(ValueError, match=r"LabelledAnomalyKFold\(n_splits=|no labelled"):
+            list(cv.split(y, y))
+        return
+    for train, test in cv.split(y, y):
+        assert (y[test] == -1).any() and (y[test] == 1).any() and (y[train] == -1).any()
+
+
+def test_labelled_anomaly_kfold_errors_name_the_fix():
+    from skad.model_selection import LabelledAnomalyKFold
+
+    y = np.r_[np.ones(10), -np.ones(2)].astype(int)
+    with pytest.raises(ValueError, match=r"2 labelled anomalies \(-1\) but n_splits=3.*"
+                                         r"LabelledAnomalyKFold\(n_splits=2\)"):
+        list(LabelledAnomalyKFold(3).split(y, y))
+    with pytest.raises(ValueError, match="no labelled anomaly"):
+        list(LabelledAnomalyKFold(3).split(y, np.ones(12)))
+    with pytest.raises(ValueError, match="needs y"):
+        list(LabelledAnomalyKFold(3).split(y, None))
+    with pytest.raises(ValueError, match="predict's codes|-1 = anomaly"):
+        list(LabelledAnomalyKFold(2).split(y, np.r_[np.zeros(10), np.ones(2)]))
+
+
+def test_grid_search_with_a_fold_without_anomaly_warns_naming_the_splitter():
+    import warnings
+
+    from sklearn.exceptions import UndefinedMetricWarning
+    from sklearn.model_selection import GridSearchCV
+
+    from skad import PaDiMDetector
+    from skad.metrics import anomaly_auroc_scorer
+    from skad.model_selection import LabelledAnomalyKFold
+
+    rng = np.random.RandomState(0)
+    X = rng.randint(90, 140, size=(24, 32, 32)).astype(np.uint8)
+    X[-3:, 8:20, 8:20] = 255
+    y = np.r_[np.ones(21), -np.ones(3)].astype(int)  # anomalies last: cv=3 folds 1, 2 have none
+    det = PaDiMDetector(backbone="test_efficientnet", pretrained=False, image_size=32,
+                        n_features=8, device="cpu", random_state=0)
+    grid = {"reg_covar": [0.01]}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        search = GridSearchCV(det, grid, scoring=anomaly_auroc_scorer, cv=3).fit(X, y)
+    messages = [str(w.message) for w in caught if issubclass(w.category, UndefinedMetricWarning)]
+    assert any("has no anomaly (-1)" in m and "LabelledAnomalyKFold" in m for m in messages)
+    assert np.isnan(search.cv_results_["split0_test_score"][0])
+    # the splitter it names gives a finite score for every fold
+    search = GridSearchCV(det, grid, scoring=anomaly_auroc_scorer,
+                          cv=LabelledAnomalyKFold(3), error_score="raise").fit(X, y)
+    assert all(np.isfinite(search.cv_results_[f"split{k}_test_score"][0]) for k in range(3))

@@ -56,10 +56,57 @@ def test_overlay_errors_name_the_argument():
     _, ax = _axes()
     with pytest.raises(ValueError, match="image must be one image"):
         plot_overlay(np.zeros((2, 3, 8, 8)), np.zeros((8, 8)), ax=ax)
-    with pytest.raises(ValueError, match="anomaly_map must be one map.*maps\\[i\\]"):
+    with pytest.raises(ValueError, match="one image of shape.*2 maps.*one image per map"):
         plot_overlay(np.zeros((8, 8)), np.zeros((2, 8, 8)), ax=ax)
+    with pytest.raises(ValueError, match="3 maps but image holds 2 images"):
+        plot_overlay(np.zeros((2, 8, 8)), np.zeros((3, 8, 8)))
+    with pytest.raises(ValueError, match="anomaly_map must be one map.*maps\\[i\\]"):
+        plot_overlay(np.zeros((8, 8)), np.zeros((2, 2, 8, 8)), ax=ax)
     with pytest.raises(ValueError, match="NaN"):
         plot_overlay(np.zeros((8, 8)), np.full((8, 8), np.nan), ax=ax)
+    with pytest.raises(ValueError, match="ax holds 1 axes for 2 maps"):
+        plot_overlay(np.zeros((2, 8, 8)), np.zeros((2, 8, 8)), ax=ax)
+
+
+def _good_and_defective():
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, (2, 16, 16), dtype=np.uint8)
+    maps = np.full((2, 16, 16), 1.0, dtype=np.float32)
+    maps[0] += rng.uniform(0, 0.2, (16, 16))  # a good part: low, with some noise
+    maps[1, 4:9, 4:9] = 10.0  # a defect
+    return images, maps
+
+
+def test_overlays_of_one_call_share_one_colour_scale(tmp_path):
+    images, maps = _good_and_defective()
+    fig = Figure(figsize=(4, 3))
+    axes = fig.subplots(1, 2)
+    drawn = plot_overlay(images, maps, ax=axes, title=["good", "defective"])
+    assert isinstance(drawn, np.ndarray) and list(drawn) == list(axes)
+    clims = [ax.images[1].get_clim() for ax in axes]
+    assert clims[0] == clims[1] == (float(maps.min()), float(maps.max()))
+    # the good part is drawn cold: its hottest pixel is in the bottom tenth of the scale
+    good = axes[0].images[1]
+    assert good.norm(np.asarray(good.get_array())).max() < 0.1
+    assert [ax.get_title() for ax in axes] == ["good", "defective"]
+    _saved_png(fig, tmp_path / "pair.png")
+
+
+def test_overlay_scale_stays_overridable_and_draws_the_threshold_contour():
+    images, maps = _good_and_defective()
+    fig = Figure(figsize=(4, 3))
+    axes = fig.subplots(1, 2)
+    plot_overlay(list(images), list(maps), ax=axes, vmin=0.0, vmax=20.0, threshold=5.0)
+    assert [ax.images[1].get_clim() for ax in axes] == [(0.0, 20.0), (0.0, 20.0)]
+    assert len(axes[0].collections) == 0  # the good part never reaches the threshold
+    assert len(axes[1].collections) == 1  # the defect's outline
+
+
+def test_one_map_of_a_batch_with_one_image():
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    _, ax = _axes()
+    drawn = plot_overlay(image, np.ones((1, 16, 16)), ax=ax)
+    assert drawn.shape == (1,) and drawn[0] is ax
 
 
 def test_score_histogram_counts_each_class_on_shared_bins(tmp_path):

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, OutlierMixin, clone
@@ -57,7 +59,10 @@ def test_fit_transform_replaces_a_fraction_of_unlabelled_rows():
 def test_number_of_injected_rows(contamination, expected):
     X, y, anomalies = _data()
     injector = ContaminationInjector(anomalies, contamination=contamination, random_state=0)
-    Xt = injector.fit_transform(X, y)
+    with warnings.catch_warnings():
+        # 16 rows from a pool of 10 warns (test_pool_exhausted_then_with_replacement)
+        warnings.simplefilter("error" if expected <= len(anomalies) else "ignore")
+        Xt = injector.fit_transform(X, y)
     assert injector.n_injected_ == expected == len(injector.injected_indices_)
     assert ((Xt != X).any(axis=(1, 2))).sum() == expected
 
@@ -65,7 +70,9 @@ def test_number_of_injected_rows(contamination, expected):
 def test_pool_exhausted_then_with_replacement():
     X, y, anomalies = _data(n=40, n_labeled=0)
     injector = ContaminationInjector(anomalies[:3], contamination=0.2, random_state=0)
-    injector.fit_transform(X, y)
+    with pytest.warns(UserWarning, match=r"replaces 8 rows.*holds 3 images: 5 of them are "
+                                         r"injected again.*contamination <= 0.075"):
+        injector.fit_transform(X, y)
     assert injector.n_injected_ == 8
     sources = injector.anomaly_indices_
     assert sorted(sources[:3]) == [0, 1, 2]  # the whole pool is used once first

@@ -258,6 +258,17 @@ class FrozenFeatureDetector(BaseDetector):
                 scores.append(self.module_(x).score.double().cpu())
         return torch.cat(scores).numpy().reshape(-1)
 
+    def _export_graph(self):
+        """The forward graph :func:`skad.export.to_onnx` exports (:mod:`skad.nn.export`).
+
+        Default: ``module_``'s score and its distance map smoothed as
+        :meth:`_localize_batch` does, traced as written; PatchCore and PaDiM
+        override it with graphs that trace for any batch size.
+        """
+        from ..nn.export import FrozenPatchGraph
+
+        return FrozenPatchGraph(self.module_, self.image_size, 4.0 * self.image_size / 224)
+
     def _localize_batch(self, x):
         with torch.no_grad():
             distances = self.module_(x).distances.float()

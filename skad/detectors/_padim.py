@@ -58,9 +58,10 @@ class PaDiMDetector(FrozenFeatureDetector):
         flags new normal images more often than the threshold suggests (ELPV
         at 128 px, clean training set, seed 42: 0.3% of the training images
         but 5.8% of the test's normal images flagged, against 1.6% for
-        PatchCore's leave-own-image-out fence; ``benchmarks/auto_threshold.py``).
-        Rank by ``score_samples``, or set the threshold on held-out normal
-        images, where that matters.
+        PatchCore's leave-own-image-out fence; PaDiM flags 1.9% at 10%
+        contamination; ``benchmarks/results/auto_threshold.md``). Rank by ``score_samples``,
+        or set the threshold on held-out normal images with
+        :func:`skad.thresholds.calibrate`, where that matters.
     random_state : int, RandomState instance or None, default=None
         Seeds the channel subset.
     verbose : int, default=0
@@ -178,3 +179,9 @@ class PaDiMDetector(FrozenFeatureDetector):
     def _auto_offset(self, data, target, train_scores):
         """Tukey fence of the unlabelled training images' (in-sample) scores."""
         return tukey_offset(train_scores[target == 0])
+
+    def _export_graph(self):
+        """Score and map as one static graph (:class:`skad.nn.export.PaDiMGraph`)."""
+        from ..nn.export import PaDiMGraph
+
+        return PaDiMGraph(self.module_, self.image_size, 4.0 * self.image_size / 224)

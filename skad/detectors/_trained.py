@@ -209,3 +209,15 @@ class TrainedDetector(BaseDetector):
     def _anomaly_scores(self, data):
         scores = [out.score.detach().cpu() for out in self._module_outputs(data)]
         return torch.cat(scores).double().numpy().reshape(-1)
+
+    # ---------------------------------------------------------------- export
+    def _export_graph(self):
+        """The forward graph :func:`skad.export.to_onnx` exports (:mod:`skad.nn.export`).
+
+        Default: the module's ``score``, as :meth:`_anomaly_scores`; no map, since
+        the default maps are gradient saliency (a backward pass). A subclass that
+        scores or localises otherwise overrides this too.
+        """
+        from ..nn.export import ScoreGraph
+
+        return ScoreGraph(self.net_.module_)
