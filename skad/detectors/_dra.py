@@ -404,6 +404,12 @@ class DisentangledResidualDetector(TrainedDetector):
         table = self._head_table(self._check_input(X, reset=False))
         return pd.DataFrame(table[:, 1:], columns=list(self.heads_)).assign(score=table[:, 0])
 
+    def _export_graph(self):
+        """The score with the reference maps fixed, as in scoring (:meth:`fixed_reference`)."""
+        from ..nn.export import ReferenceScoreGraph
+
+        return ReferenceScoreGraph(self.net_.module_)
+
     def _localize_batch(self, x):
         with self.net_.module_.fixed_reference():
             return super()._localize_batch(x)

@@ -206,10 +206,16 @@ class DRAModule(nn.Module):
         finally:
             self._held = held
 
-    def forward(self, x):
+    def forward(self, x, reference_maps=None):
+        """Scores of ``x``; ``reference_maps`` (from :meth:`reference_maps`) fix ``M_r``.
+
+        Without them the references run live with the batch, unless inside
+        :meth:`fixed_reference`.
+        """
+        held = self._held if reference_maps is None else reference_maps
         x = self.normalize(x)
-        n = len(x)
-        live = self.uses_reference and self._held is None
+        n = x.shape[0]  # not len(x): an int would fix the batch size of an exported graph
+        live = self.uses_reference and held is None
         if live:
             x = torch.cat([x, self.normalize(self.reference_images)])
         totals = dict.fromkeys(self.heads, 0.0)
@@ -219,7 +225,7 @@ class DRAModule(nn.Module):
             if live:
                 features, reference = features[:n], features[n:].mean(dim=0, keepdim=True)
             elif self.uses_reference:
-                reference = self._held[i]
+                reference = held[i]
             for name, head in self.heads.items():
                 totals[name] = totals[name] + head(
                     reference - features if name == "residual" else features)

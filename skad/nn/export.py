@@ -26,6 +26,7 @@ __all__ = [
     "FusedCueGraph",
     "PaDiMGraph",
     "PatchCoreGraph",
+    "ReferenceScoreGraph",
     "ScoreGraph",
     "SegmentationGraph",
 ]
@@ -51,6 +52,34 @@ class ScoreGraph(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor]:
         return (self.module(x).score.float(),)
+
+
+class ReferenceScoreGraph(nn.Module):
+    """DRA's score with the reference images' feature maps ``M_r`` fixed at export.
+
+    As :meth:`~skad.nn.dra.DRAModule.fixed_reference` does for scoring: the
+    references are not re-encoded per batch, and no shape depends on the batch.
+
+    Parameters
+    ----------
+    module : DRAModule
+        The fitted module; its :meth:`~skad.nn.dra.DRAModule.reference_maps`
+        are computed once, here, and kept as buffers.
+    """
+
+    output_names = ("anomaly_score",)
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        maps = module.reference_maps() if module.uses_reference else []
+        self.n_maps = len(maps)
+        for i, m in enumerate(maps):
+            self.register_buffer(f"reference{i}", m)
+
+    def forward(self, x: Tensor) -> tuple[Tensor]:
+        maps = [getattr(self, f"reference{i}") for i in range(self.n_maps)] or None
+        return (self.module(x, maps).score.float(),)
 
 
 class SegmentationGraph(nn.Module):
