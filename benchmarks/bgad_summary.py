@@ -28,7 +28,7 @@ def _table(df, index, columns="model"):
     agg = df.groupby([index, columns], sort=False, observed=True)["auroc"].agg(
         ["mean", "std", "count"])
     cells = agg.apply(lambda r: f"{r['mean']:.3f} ± {r['std']:.3f} ({r['count']:.0f})", axis=1)
-    return cells.unstack(columns)
+    return cells.unstack(columns).sort_index()
 
 
 def _gaps(df, index, models, reference="PaDiM"):
