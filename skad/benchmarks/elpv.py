@@ -94,16 +94,24 @@ class NearestNeighbourReference:
         return -nearest_neighbour_scores(self.X_, X, image_size=self.image_size)
 
 
-def _adl(variant):
+def _trained(cls_name, **params):
+    """A trained detector on the benchmark's schedule (``--epochs --steps --batch-size --lr``)."""
     def build(seed, args):
-        from skad import AdaptiveDeviationDetector
-        from skad.detectors._adl import ABLATIONS
+        import skad
 
-        return AdaptiveDeviationDetector(
+        return getattr(skad, cls_name)(
             image_size=args.image_size, max_epochs=args.epochs, steps_per_epoch=args.steps,
             batch_size=args.batch_size, lr=args.lr, random_state=seed, device=args.device,
-            **ABLATIONS[variant],
+            **params,
         )
+    return build
+
+
+def _adl(variant):
+    def build(seed, args):
+        from skad.detectors._adl import ABLATIONS
+
+        return _trained("AdaptiveDeviationDetector", **ABLATIONS[variant])(seed, args)
     return build
 
 
@@ -112,18 +120,6 @@ for _variant in ("DL", "Wt-DL", "DL-CE", "SoftDL-CE", "Wt-SoftDL-CE", "full"):
     register(f"ADL {_variant}", _adl(_variant))
 ADL_ABLATIONS = [f"ADL {v}" for v in ("DL", "Wt-DL", "DL-CE", "SoftDL-CE", "Wt-SoftDL-CE",
                                       "full")]
-
-
-def _multicue(**params):
-    def build(seed, args):
-        from skad import MultiCueDetector
-
-        return MultiCueDetector(
-            image_size=args.image_size, max_epochs=args.epochs, steps_per_epoch=args.steps,
-            batch_size=args.batch_size, lr=args.lr, random_state=seed, device=args.device,
-            **params,
-        )
-    return build
 
 
 def _multicue_rows(name):
@@ -136,9 +132,9 @@ def _multicue_rows(name):
     return rows
 
 
-register("MultiCue", _multicue(), _multicue_rows("MultiCue"))
+register("MultiCue", _trained("MultiCueDetector"), _multicue_rows("MultiCue"))
 # ADL's share of labelled anomalies in the anomaly half instead of the paper's ~1/6
-register("MultiCue pseudo_fraction=0.5", _multicue(pseudo_fraction=0.5),
+register("MultiCue pseudo_fraction=0.5", _trained("MultiCueDetector", pseudo_fraction=0.5),
          _multicue_rows("MultiCue pseudo_fraction=0.5"))
 
 
@@ -205,19 +201,6 @@ register("BGAD + boundary", _bgad(anomaly_top_k=None, pseudo_anomalies="perlin")
          _bgad_rows("BGAD + boundary"))
 register("BGAD + reweighting", _bgad(divergence="alpha"), _bgad_rows("BGAD + reweighting"))
 BGAD_ABLATIONS = ["BGAD ML only", "BGAD + boundary", "BGAD", "BGAD + reweighting"]
-
-
-def _trained(cls_name, **params):
-    """A trained detector on the benchmark's schedule (``--epochs --steps --batch-size --lr``)."""
-    def build(seed, args):
-        import skad
-
-        return getattr(skad, cls_name)(
-            image_size=args.image_size, max_epochs=args.epochs, steps_per_epoch=args.steps,
-            batch_size=args.batch_size, lr=args.lr, random_state=seed, device=args.device,
-            **params,
-        )
-    return build
 
 
 def _dra_rows(name):
